@@ -1,0 +1,34 @@
+# Minima sharpness for acoustic scene classification (Milling et al., ICASSP 2024).
+#
+#   data ─► features ─► train (one job per grid run) ─► landscape shards ─► gather ─► sharpness ─► analysis
+#
+# Results tree ({run} = arch~../optimizer~../lr~../batch_size~../seed~..):
+#   results/features/{train,test}.{npy,tsv}, validation.tsv      log-mels + index, hold-out index
+#   results/models/{run}/model.pt, metrics.json, history.tsv     selected weights, accuracies, per-epoch log
+#   results/landscapes/{run}/direction_seed~{d}/                 directions.pt, shard~{k}.npz, surface.h5, *.png
+#   results/sharpness/{run}.json                                 every sharpness variant, per seed + aggregated
+#   results/analysis/summary.tsv, correlations.tsv, figures/     one row per run; statistics; figures
+#   results/paper/                                               the same statistics on the paper's own table
+#   logs/{rule}/..., benchmarks/{rule}/...                       mirror the outputs
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/landscape.smk"
+include: "workflow/rules/sharpness.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

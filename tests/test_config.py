@@ -1,0 +1,105 @@
+"""Config schema, cross-field checks and the run grid (incl. the paper preset's 46 runs)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import Paramspace
+
+from ascsharp.config import (
+    ConfigError,
+    analysed_runs,
+    expand_grid,
+    load_config,
+    parse_run_id,
+    run_id,
+    validate_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = {"arch": ["cnn10"], "optimizer": ["adam"], "lr": [0.001], "batch_size": [16], "seed": [42]}
+
+
+def minimal(**extra):
+    return {"grid": {"blocks": [dict(BLOCK)]}, **extra}
+
+
+def test_default_config_is_valid_and_has_eight_runs():
+    config = load_config(ROOT / "config.yaml")
+    runs = expand_grid(config["grid"])
+    assert len(runs) == 8
+    assert set(runs["arch"]) == {"cnn10", "cnn14"} and runs["seed"].nunique() == 2
+
+
+def test_paper_preset_yields_the_46_trained_and_38_reported_runs():
+    config = load_config(ROOT / "workflow/presets/paper.yaml")
+    runs = expand_grid(config["grid"])
+    assert len(runs) == 46
+    counts = runs.groupby(["arch", "optimizer"]).size().to_dict()
+    assert counts == {
+        ("cnn10", "adam"): 8, ("cnn10", "sgd"): 8, ("cnn10", "gdtuo"): 8, ("cnn10", "kfac"): 6,
+        ("cnn14", "adam"): 8, ("cnn14", "sgd"): 8,
+    }
+    assert not ((runs["optimizer"] == "kfac") & (runs["batch_size"] == 32)).any()
+    kept = analysed_runs(runs, config["analysis"]["exclude"])
+    assert len(kept) == 38
+    assert not ((kept["optimizer"] == "sgd") & (kept["lr"] == 0.0001)).any()
+    assert config["landscape"]["x"] == {"min": -0.25, "max": 0.25, "num": 11}
+    assert config["landscape"]["direction_seeds"] == [42, 43, 44]
+
+
+def test_defaults_are_filled_in():
+    config = validate_config(minimal())
+    assert config["features"]["n_mels"] == 64
+    assert config["train"]["epochs"] == 50
+    assert config["landscape"]["x"]["num"] == 11
+
+
+def test_run_ids_match_snakemake_paramspace():
+    config = load_config(ROOT / "workflow/presets/paper.yaml")
+    runs = expand_grid(config["grid"])
+    space = Paramspace(runs, single_wildcard="run")
+    ours = [run_id(r) for r in runs.to_dict("records")]
+    assert list(space.instance_patterns) == ours
+    assert "arch~cnn10/optimizer~kfac/lr~1e-05/batch_size~16/seed~43" in ours
+    for rid in ours:
+        assert run_id(parse_run_id(rid)) == rid
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (minimal(dataset={"rot": "x"}), "unknown key 'dataset.rot'"),
+        (minimal(colour="red"), "unknown key 'colour'"),
+        (minimal(train={"epochs": "ten"}), "train.epochs: 'ten' is not of type 'integer'"),
+        (minimal(train={"epochs": 0}), "train.epochs"),
+        (minimal(train={"selection": "test"}), "train.selection"),
+        (minimal(landscape={"shards": 200}), "landscape.shards: 200 shards for a grid of 121"),
+        (minimal(features={"fmax": 9000.0}), "features.fmax"),
+        ({"grid": {"blocks": []}}, "grid.blocks"),
+        ({"grid": {"blocks": [{**BLOCK, "optimizer": ["adamw"]}]}}, "grid.blocks[0].optimizer[0]"),
+        ({"grid": {"blocks": [{**BLOCK, "lr": [-1]}]}}, "grid.blocks[0].lr[0]"),
+        ({"grid": {"blocks": [BLOCK], "exclude": [{"arch": "cnn10"}]}}, "removes every run"),
+        (minimal(analysis={"exclude": [{"seed": 42}]}), "analysis.exclude: removes every"),
+        ({}, "'grid' is a required property"),
+    ],
+)
+def test_bad_configs_are_refused_naming_the_key(config, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_load_config_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(minimal(train={"epochs": -3})))
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.epochs"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_parse_run_id_rejects_malformed():
+    with pytest.raises(ConfigError, match="expected arch~"):
+        parse_run_id("arch~cnn10/seed~1")

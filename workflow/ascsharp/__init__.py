@@ -1,0 +1,3 @@
+"""Minima sharpness for acoustic scene classification: the importable core of the workflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,448 @@
+"""Statistics relating sharpness to generalisation, and the reproduction of the paper's table.
+
+The paper reports a single Pearson r over 38 heterogeneous runs; that number mixes optimisers and
+architectures, so the table here also gives rank correlations, per-group correlations, a partial
+correlation that removes optimiser/architecture effects and Jiang et al.'s granulated Kendall
+coefficient, each with a bootstrap interval and a multiplicity-adjusted p-value.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ascsharp import io
+from ascsharp.meta import CITIES, DEVICES, SEEN_DEVICES, UNSEEN_DEVICES
+
+METHODS = ("pearson", "spearman", "kendall")
+TABLE_COLUMNS = [
+    "group",
+    "target",
+    "measure",
+    "method",
+    "n",
+    "statistic",
+    "p_value",
+    "ci_low",
+    "ci_high",
+    "p_holm",
+]
+PAPER_TARGETS = ("test_all", "seen", "unseen")
+PAPER_OPTIMIZERS = {"sgd": "sgd", "adam": "adam", "kfac": "kfac", "k-fac": "kfac", "gdtuo": "gdtuo"}
+
+# Elements of the (resamples x n x n) sign tensors built at once for the Kendall bootstrap.
+_KENDALL_CHUNK_ELEMENTS = 4_000_000
+
+
+def _nan_result(n: int) -> dict[str, Any]:
+    nan = float("nan")
+    return {"n": n, "statistic": nan, "p_value": nan, "ci_low": nan, "ci_high": nan}
+
+
+def _paired_finite(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length: {x.size} != {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown correlation method {method!r}; expected one of {METHODS}")
+
+
+def _pearson_rows(xb: np.ndarray, yb: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair; NaN where a row is constant (the degenerate resamples)."""
+    xc = xb - xb.mean(axis=1, keepdims=True)
+    yc = yb - yb.mean(axis=1, keepdims=True)
+    # Exact constancy test: centred sums of identical floats can be 1e-17 instead of 0.
+    degenerate = (np.ptp(xb, axis=1) == 0) | (np.ptp(yb, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / np.sqrt((xc**2).sum(axis=1) * (yc**2).sum(axis=1))
+    r[degenerate] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _kendall_rows(xb: np.ndarray, yb: np.ndarray) -> np.ndarray:
+    """Kendall tau-b of each row pair from pairwise sign matrices, in memory-bounded chunks."""
+    b, n = xb.shape
+    out = np.empty(b)
+    chunk = max(1, _KENDALL_CHUNK_ELEMENTS // max(n * n, 1))
+    for start in range(0, b, chunk):
+        xs, ys = xb[start : start + chunk], yb[start : start + chunk]
+        sx = np.sign(xs[:, :, None] - xs[:, None, :]).astype(np.int8)
+        sy = np.sign(ys[:, :, None] - ys[:, None, :]).astype(np.int8)
+        # Each unordered pair appears twice in the full matrices; the factor cancels in tau-b.
+        s = (sx.astype(np.int32) * sy).sum(axis=(1, 2))
+        nx = np.count_nonzero(sx, axis=(1, 2)).astype(float)
+        ny = np.count_nonzero(sy, axis=(1, 2)).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + chunk] = np.where((nx > 0) & (ny > 0), s / np.sqrt(nx * ny), np.nan)
+    return out
+
+
+def _statistic_rows(xb: np.ndarray, yb: np.ndarray, method: str) -> np.ndarray:
+    """The correlation of every resample (row) at once; scipy per row would dominate run time."""
+    if method == "pearson":
+        return _pearson_rows(xb, yb)
+    if method == "spearman":
+        rx = stats.rankdata(xb, axis=1)
+        ry = stats.rankdata(yb, axis=1)
+        r = _pearson_rows(rx, ry)
+        r[(np.ptp(xb, axis=1) == 0) | (np.ptp(yb, axis=1) == 0)] = np.nan
+        return r
+    if method == "kendall":
+        return _kendall_rows(xb, yb)
+    _check_method(method)
+    raise AssertionError("unreachable")
+
+
+def _percentile_ci(boot: np.ndarray) -> tuple[float, float]:
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _scipy_test(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        # Constant input: scipy warns and returns NaN, which is what the table should show.
+        warnings.simplefilter("ignore")
+        if method == "pearson":
+            res = stats.pearsonr(x, y)
+        elif method == "spearman":
+            res = stats.spearmanr(x, y)
+        else:
+            res = stats.kendalltau(x, y, variant="b")
+    return float(res.statistic), float(res.pvalue)
+
+
+def correlate(x: Any, y: Any, method: str, *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Correlation, two-sided p-value (scipy) and a 95 % percentile bootstrap interval.
+
+    Pairs are resampled together; resamples in which x or y is constant have no correlation and
+    are skipped rather than counted as zero. Fewer than 3 finite pairs give NaNs, not an error,
+    because small per-group subsets are expected in a sparse hyperparameter grid.
+    """
+    _check_method(method)
+    x, y = _paired_finite(x, y)
+    n = int(x.size)
+    if n < 3:
+        return _nan_result(n)
+    statistic, p_value = _scipy_test(x, y, method)
+    ci_low = ci_high = float("nan")
+    if n_boot > 0 and math.isfinite(statistic):
+        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        ci_low, ci_high = _percentile_ci(_statistic_rows(x[idx], y[idx], method))
+    return {
+        "n": n,
+        "statistic": statistic,
+        "p_value": p_value,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+    }
+
+
+def _design(df: pd.DataFrame, covariates: Sequence[str]) -> np.ndarray:
+    """Intercept plus drop-first one-hot columns; every covariate is treated as categorical."""
+    cols = [np.ones(len(df))]
+    for cov in covariates:
+        levels = sorted(df[cov].astype(str).unique())
+        values = df[cov].astype(str).to_numpy()
+        cols.extend((values == level).astype(float) for level in levels[1:])
+    return np.column_stack(cols)
+
+
+def _residual_rows(z: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Residuals of v on z for a batch of designs (B, n, k); pinv copes with absent levels."""
+    beta = np.linalg.pinv(z) @ v[..., None]
+    return v - (z @ beta)[..., 0]
+
+
+def _partial_rows(z: np.ndarray, xb: np.ndarray, yb: np.ndarray, rank: bool) -> np.ndarray:
+    """Residual correlation per resample; ranks are taken inside each resample for Spearman."""
+    if rank:
+        xb, yb = stats.rankdata(xb, axis=1), stats.rankdata(yb, axis=1)
+    rx, ry = _residual_rows(z, xb), _residual_rows(z, yb)
+    r = _pearson_rows(rx, ry)
+    # Residuals that are zero up to rounding (the cells explain x or y fully) carry no signal.
+    scale_x = np.maximum((xb**2).sum(axis=1), np.finfo(float).tiny)
+    scale_y = np.maximum((yb**2).sum(axis=1), np.finfo(float).tiny)
+    tiny = ((rx**2).sum(axis=1) <= 1e-20 * scale_x) | ((ry**2).sum(axis=1) <= 1e-20 * scale_y)
+    r[tiny] = np.nan
+    return r
+
+
+def partial_correlation(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    covariates: list[str],
+    method: str = "pearson",
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Correlation of x and y after removing the mean of each covariate cell (one-hot regression).
+
+    This asks whether sharpness predicts accuracy *within* optimiser/architecture, since
+    differences between optimisers alone can produce a pooled correlation. Spearman ranks x and
+    y first. The p-value is the t test with n - 2 - k degrees of freedom (k covariate columns).
+    """
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"partial correlation supports pearson or spearman, not {method!r}")
+    _require_columns(df, [x, y, *covariates], "data frame")
+    d = df[[x, y, *covariates]].copy()
+    d[x] = pd.to_numeric(d[x], errors="coerce")
+    d[y] = pd.to_numeric(d[y], errors="coerce")
+    d = d.dropna()
+    n = len(d)
+    if n < 3:
+        return _nan_result(n)
+    xv, yv = d[x].to_numpy(float), d[y].to_numpy(float)
+    rank = method == "spearman"
+    z = _design(d, covariates)
+    k = int(np.linalg.matrix_rank(z)) - 1
+    dof = n - 2 - k
+    r = float(_partial_rows(z[None], xv[None], yv[None], rank)[0])
+    if dof < 1 or not math.isfinite(r):
+        return {**_nan_result(n), "statistic": r}
+    t = r * math.sqrt(dof / (1.0 - r * r)) if abs(r) < 1 else math.copysign(math.inf, r)
+    p_value = float(2 * stats.t.sf(abs(t), dof))
+    ci_low = ci_high = float("nan")
+    if n_boot > 0:
+        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        # Resamples whose residuals vanish (fully explained by their cells) come out NaN: skipped.
+        ci_low, ci_high = _percentile_ci(_partial_rows(z[idx], xv[idx], yv[idx], rank))
+    return {"n": n, "statistic": r, "p_value": p_value, "ci_low": ci_low, "ci_high": ci_high}
+
+
+def granulated_kendall(
+    df: pd.DataFrame, measure: str, target: str, axes: list[str]
+) -> dict[str, Any]:
+    """Jiang et al. (2020) granulated Kendall coefficient Psi.
+
+    For each axis, Kendall tau is computed within every group of runs that agree on all other
+    axes (columns not listed, such as the seed, vary freely) and averaged over groups; groups
+    with fewer than 2 distinct values of the axis, or an undefined tau, are skipped. Psi is the
+    mean over axes that have at least one usable group. This isolates the effect of changing one
+    hyperparameter at a time, which a pooled correlation cannot.
+    """
+    if not axes:
+        raise ValueError("granulated Kendall needs at least one axis")
+    _require_columns(df, [measure, target, *axes], "data frame")
+    d = df[[measure, target, *axes]].copy()
+    d[measure] = pd.to_numeric(d[measure], errors="coerce")
+    d[target] = pd.to_numeric(d[target], errors="coerce")
+    d = d.dropna()
+    per_axis: dict[str, float] = {}
+    n_groups: dict[str, int] = {}
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        groups = d.groupby(others, sort=True) if others else [((), d)]
+        taus = []
+        for _, g in groups:
+            if g[axis].nunique() < 2:
+                continue
+            tau, _p = _scipy_test(g[measure].to_numpy(float), g[target].to_numpy(float), "kendall")
+            if math.isfinite(tau):
+                taus.append(tau)
+        per_axis[axis] = float(np.mean(taus)) if taus else float("nan")
+        n_groups[axis] = len(taus)
+    defined = [v for v in per_axis.values() if math.isfinite(v)]
+    psi = float(np.mean(defined)) if defined else float("nan")
+    return {"psi": psi, "per_axis": per_axis, "n_groups": n_groups, "n": len(d)}
+
+
+def holm(p_values: Any) -> np.ndarray:
+    """Holm step-down adjusted p-values; NaNs stay NaN and do not count as tests."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    for col in columns:
+        if col not in df.columns:
+            raise ValueError(f"{where}: missing column {col!r}")
+
+
+def correlation_table(
+    df: pd.DataFrame,
+    measures: list[str],
+    targets: list[str],
+    *,
+    group_columns: Sequence[str] = ("optimizer", "arch"),
+    methods: Sequence[str] = METHODS,
+    n_boot: int = 2000,
+    seed: int = 0,
+    partial: bool = True,
+    granulated_axes: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Every measure x target correlation, pooled (`all`) and within each optimiser/arch value.
+
+    With `partial`, adds `partial_pearson` rows (group `all`, the group columns as categorical
+    covariates); with `granulated_axes`, adds `granulated_kendall` rows (Psi; p and CI NaN).
+    All rows use the same bootstrap seed, so rows with the same runs share resamples.
+    """
+    for m in methods:
+        _check_method(m)
+    _require_columns(df, [*measures, *targets, *group_columns], "data frame")
+    groups: list[tuple[str, pd.DataFrame]] = [("all", df)]
+    for col in group_columns:
+        for value in sorted(df[col].dropna().astype(str).unique()):
+            groups.append((f"{col}={value}", df[df[col].astype(str) == value]))
+    rows = []
+    for group, sub in groups:
+        for target in targets:
+            for measure in measures:
+                for method in methods:
+                    res = correlate(sub[measure], sub[target], method, n_boot=n_boot, seed=seed)
+                    rows.append({"group": group, "target": target, "measure": measure,
+                                 "method": method, **res})  # fmt: skip
+    covariates = [c for c in group_columns if df[c].nunique() > 1]
+    for target in targets:
+        for measure in measures:
+            if partial:
+                res = partial_correlation(
+                    df, measure, target, covariates, "pearson", n_boot=n_boot, seed=seed
+                )
+                rows.append({"group": "all", "target": target, "measure": measure,
+                             "method": "partial_pearson", **res})  # fmt: skip
+            if granulated_axes:
+                g = granulated_kendall(df, measure, target, list(granulated_axes))
+                rows.append({**_nan_result(g["n"]), "group": "all", "target": target,
+                             "measure": measure, "method": "granulated_kendall",
+                             "statistic": g["psi"]})  # fmt: skip
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS[:-1])
+    # Holm adjustment over all rows of this table that carry a p-value (the family is the table).
+    table["p_holm"] = holm(table["p_value"].to_numpy(float))
+    table["n"] = table["n"].astype(int)
+    return table[TABLE_COLUMNS]
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run from already-flattened dicts (hyperparameters, metrics, sharpness)."""
+    df = pd.DataFrame(list(runs))
+    if "train_accuracy" in df.columns and "test_all" in df.columns:
+        df["generalisation_gap"] = df["train_accuracy"] - df["test_all"]
+    return df
+
+
+def _paper_columns() -> dict[str, str]:
+    """Published header -> our column name (the seed column is matched by prefix separately)."""
+    cols = {
+        "ID": "id",
+        "Model": "arch",
+        "Batch Size": "batch_size",
+        "Learning Rate": "lr",
+        "Optimizer": "optimizer",
+        "Sharpn. (2D), rs 42": "sharpness_seed42",
+        "Sharpn. (2D), rs 43": "sharpness_seed43",
+        "Sharpn. (2D), rs 44": "sharpness_seed44",
+        "Mean Sharpness": "mean_sharpness",
+        "Std Sharpness": "std_sharpness",
+        "Max Sharpness": "max_sharpness",
+        "Test (all)": "test_all",
+    }
+    cols.update({dev.upper(): f"acc_{dev}" for dev in DEVICES})
+    cols.update({city: f"acc_{city}" for city in CITIES})
+    return cols
+
+
+def _normalise_optimizer(value: str, path: Path) -> str:
+    key = value.strip().lower()
+    if "gdtuo" in key:
+        return "gdtuo"
+    if key in PAPER_OPTIMIZERS:
+        return PAPER_OPTIMIZERS[key]
+    raise ValueError(f"{path}: unknown optimizer {value!r} in column 'Optimizer'")
+
+
+def read_paper_table(csv_path: str | Path) -> pd.DataFrame:
+    """Parse the published results table into one tidy row per trained model.
+
+    The sheet interleaves section headers and blank lines with the data; a data row is one
+    whose `Mean Sharpness` is numeric. `seen`/`unseen` are unweighted means over device
+    accuracies (device test sets are the same size to within one clip).
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable CSV table ({exc})") from exc
+    mapping = _paper_columns()
+    _require_columns(raw, list(mapping), str(path))
+    seed_cols = [c for c in raw.columns if str(c).startswith("Seed")]
+    if not seed_cols:
+        raise ValueError(f"{path}: missing column 'Seed'")
+    mapping[seed_cols[0]] = "seed"
+
+    mean = pd.to_numeric(raw["Mean Sharpness"].str.strip(), errors="coerce")
+    data = raw.loc[mean.notna(), list(mapping)].rename(columns=mapping).reset_index(drop=True)
+    if data.empty:
+        raise ValueError(f"{path}: no rows with a numeric 'Mean Sharpness'")
+    inverse = {v: k for k, v in mapping.items()}
+    ids = data["id"].str.strip()  # as written, for error messages
+    for col in data.columns:
+        if col in ("arch", "optimizer"):
+            continue
+        values = pd.to_numeric(data[col].str.strip(), errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            row = ids[bad.idxmax()]
+            raise ValueError(f"{path}: column {inverse[col]!r} is not numeric in row ID {row!r}")
+        data[col] = values
+    for col in ("id", "batch_size", "seed"):
+        data[col] = data[col].astype(int)
+    data["arch"] = data["arch"].str.strip().str.lower()
+    data["optimizer"] = [_normalise_optimizer(v, path) for v in data["optimizer"]]
+    data["seen"] = data[[f"acc_{d}" for d in SEEN_DEVICES]].mean(axis=1)
+    data["unseen"] = data[[f"acc_{d}" for d in UNSEEN_DEVICES]].mean(axis=1)
+    order = ["id", "arch", "batch_size", "lr", "optimizer", "seed"]
+    order += [c for c in data.columns if c not in order]
+    return data[order]
+
+
+def paper_table(
+    csv_path: str | Path, out_dir: str | Path, *, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Recompute the paper's correlations from its published table (DESIGN.md section 4).
+
+    Writes `summary.tsv` (the parsed table) and `correlations.tsv` (mean sharpness against
+    test_all / seen / unseen; pearson, spearman, kendall; pooled and per optimiser and arch).
+    """
+    df = read_paper_table(csv_path)
+    table = correlation_table(
+        df,
+        ["mean_sharpness"],
+        list(PAPER_TARGETS),
+        group_columns=("optimizer", "arch"),
+        methods=METHODS,
+        n_boot=n_boot,
+        seed=seed,
+        partial=False,
+    )
+    out = Path(out_dir)
+    io.write_table(out / "summary.tsv", df)
+    io.write_table(out / "correlations.tsv", table)
+    return table

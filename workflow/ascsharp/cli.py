@@ -1,0 +1,339 @@
+"""`ascsharp`: one subcommand per workflow stage, so every rule is a single readable command.
+
+Each subcommand can be run by hand (copy it from the rule's log), prints `--help`, and exits
+non-zero with a one-line `ascsharp <cmd>: error: ...` naming the file or key on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, help: str):
+    """Register `fn(args)` as subcommand `name`; `fn.arguments(parser)` declares its options."""
+
+    def wrap(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+
+    return wrap
+
+
+def _mel_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("log-mel settings (DESIGN.md §1)")
+    g.add_argument("--sample-rate", type=int, default=16000)
+    g.add_argument("--n-fft", type=int, default=512)
+    g.add_argument("--hop-length", type=int, default=160)
+    g.add_argument("--n-mels", type=int, default=64)
+    g.add_argument("--fmin", type=float, default=50.0)
+    g.add_argument("--fmax", type=float, default=8000.0)
+
+
+def _mel_config(args):
+    from .features import MelConfig
+
+    return MelConfig(
+        sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length,
+        n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax,
+    )
+
+
+# --- data -------------------------------------------------------------------------------------
+def _synth_args(p):
+    p.add_argument("--root", type=Path, required=True, help="output folder (DCASE2020 layout)")
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--sample-rate", type=int, default=44100)
+    p.add_argument("--clip-seconds", type=float, default=2.0)
+    p.add_argument("--locations-per-city", type=int, default=2)
+    p.add_argument("--segments-per-location", type=int, default=2)
+
+
+@command("synth", "generate the embedded synthetic data set in the DCASE2020 Task 1A layout")
+def _synth(args):
+    from .synth import generate_dataset
+
+    summary = generate_dataset(
+        args.root, seed=args.seed, sample_rate=args.sample_rate, clip_seconds=args.clip_seconds,
+        locations_per_city=args.locations_per_city,
+        segments_per_location=args.segments_per_location,
+    )
+    print(json.dumps(summary, default=str))
+
+
+_synth.arguments = _synth_args
+
+
+def _features_args(p):
+    p.add_argument("--root", type=Path, required=True, help="data set folder")
+    p.add_argument("--fold", choices=["train", "evaluate"], required=True)
+    p.add_argument("--out-npy", type=Path, required=True)
+    p.add_argument("--out-tsv", type=Path, required=True)
+    p.add_argument("--audio-sample-rate", type=int, default=None,
+                   help="expected WAV sample rate (checked for every file)")
+    p.add_argument("--clip-seconds", type=float, default=None, help="expected clip length")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--threads", type=int, default=1)
+    _mel_arguments(p)
+
+
+@command("features", "validate the data set, then extract one fold's log-mels into one array")
+def _features(args):
+    from .features import extract_split
+    from .meta import validate_dataset
+
+    folds = validate_dataset(args.root, args.audio_sample_rate, args.clip_seconds)
+    extract_split(
+        args.root, folds[args.fold], args.out_npy, args.out_tsv, _mel_config(args),
+        dtype=args.dtype, threads=args.threads, clip_seconds=args.clip_seconds,
+    )
+
+
+_features.arguments = _features_args
+
+
+def _holdout_args(p):
+    p.add_argument("index", type=Path, help="train.tsv written by `ascsharp features`")
+    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="validation.tsv")
+
+
+@command("holdout", "choose the location-disjoint validation hold-out of fold1_train")
+def _holdout(args):
+    import pandas as pd
+
+    from .features import assign_validation
+    from .io import write_table
+
+    table = pd.read_csv(args.index, sep="\t")
+    held = assign_validation(table, args.fraction, args.seed)
+    write_table(args.out, table.loc[held.to_numpy(), ["filename", "scene", "location", "device"]])
+
+
+_holdout.arguments = _holdout_args
+
+
+# --- training ---------------------------------------------------------------------------------
+def _train_args(p):
+    p.add_argument("--features", type=Path, required=True, help="results/features folder")
+    p.add_argument("--run", required=True, help="arch~../optimizer~../lr~../batch_size~../seed~..")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--selection", choices=["validation", "paper"], default="validation")
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--converged-min-train-accuracy", type=float, default=0.2)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    _mel_arguments(p)
+
+
+@command("train", "train one grid run; resumes from its last epoch checkpoint if killed")
+def _train(args):
+    from dataclasses import asdict
+
+    from .train import TrainSettings, train
+
+    settings = TrainSettings(
+        epochs=args.epochs, width=args.width, selection=args.selection,
+        eval_batch_size=args.eval_batch_size, amp=args.amp,
+        converged_min_train_accuracy=args.converged_min_train_accuracy,
+    )
+    train(args.features, args.run, args.out_dir, settings, asdict(_mel_config(args)))
+
+
+_train.arguments = _train_args
+
+
+# --- landscapes -------------------------------------------------------------------------------
+def _grid_arguments(p):
+    p.add_argument("--x", type=float, nargs=3, metavar=("MIN", "MAX", "NUM"), required=True)
+    p.add_argument("--y", type=float, nargs=3, metavar=("MIN", "MAX", "NUM"), required=True)
+
+
+def _grid(args):
+    from .landscape import Grid
+
+    return Grid(args.x[0], args.x[1], int(args.x[2]), args.y[0], args.y[1], int(args.y[2]))
+
+
+def _directions_args(p):
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--direction-seed", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+
+@command("directions", "draw two filter-normalised random directions for one model and seed")
+def _directions(args):
+    from .checkpoint import load_model
+    from .landscape import make_directions, save_directions
+
+    model, ckpt = load_model(args.model)
+    dx, dy = make_directions(model, ckpt["run"], args.direction_seed)
+    save_directions(args.out, dx, dy, {"run": ckpt["run"], "direction_seed": args.direction_seed})
+
+
+_directions.arguments = _directions_args
+
+
+def _shard_args(p):
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--directions", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True, help="results/features folder")
+    p.add_argument("--partition", choices=["train", "validation", "test"], default="train")
+    p.add_argument("--subset", type=int, default=None, help="evaluate on this many clips")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="shard~K.npz")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    _grid_arguments(p)
+
+
+@command("landscape-shard", "evaluate one shard of a surface's grid points (resumable)")
+def _landscape_shard(args):
+    from .landscape import evaluate_shard
+
+    evaluate_shard(
+        model_path=args.model, directions_path=args.directions, features_dir=args.features,
+        partition=args.partition, subset=args.subset, batch_size=args.batch_size,
+        grid=_grid(args), n_shards=args.shards, shard=args.shard, out=args.out,
+    )
+
+
+_landscape_shard.arguments = _shard_args
+
+
+def _gather_args(p):
+    p.add_argument("shards", type=Path, nargs="+", help="every shard~K.npz of one surface")
+    p.add_argument("--out", type=Path, required=True, help="surface.h5")
+    p.add_argument("--contour", type=Path, help="also plot a contour PNG here")
+    p.add_argument("--surface3d", type=Path, help="also plot a 3-D surface PNG here")
+
+
+@command("gather", "check a complete set of shards and write surface.h5 (loss-landscape format)")
+def _gather(args):
+    from .landscape import gather, plot_surface
+
+    gather(args.shards, args.out)
+    if args.contour and args.surface3d:
+        plot_surface(args.out, args.contour, args.surface3d, title=str(args.out.parent))
+
+
+_gather.arguments = _gather_args
+
+
+# --- sharpness --------------------------------------------------------------------------------
+def _sharpness_args(p):
+    p.add_argument("surface", type=Path, help="surface.h5 with xcoordinates, ycoordinates, train_loss")
+    p.add_argument("--radius", type=float, default=0.25)
+    p.add_argument("--reference", choices=["grid-min", "centre"], default="grid-min")
+    p.add_argument("--region", choices=["legacy-disk", "disk", "square"], default="legacy-disk")
+    p.add_argument("--json", action="store_true", help="print one JSON object (else a sentence)")
+
+
+@command("sharpness", "sharpness of one surface (paper: legacy-disk, grid-min, radius 0.25)")
+def _sharpness(args):
+    from .sharpness import sharpness_from_h5
+
+    result = sharpness_from_h5(
+        args.surface, radius=args.radius, reference=args.reference, region=args.region
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.surface}: sharpness {result['sharpness']:.4f} "
+              f"({args.region}, {args.reference}, radius {args.radius}, {result['points']} points)")
+
+
+_sharpness.arguments = _sharpness_args
+
+
+def _run_sharpness_args(p):
+    p.add_argument("surfaces", type=Path, nargs="+", help="direction_seed~D/surface.h5 of one run")
+    p.add_argument("--radius", type=float, default=0.25)
+    p.add_argument("--out", type=Path, required=True, help="results/sharpness/{run}.json")
+
+
+@command("run-sharpness", "every sharpness variant of one run, per direction seed and aggregated")
+def _run_sharpness(args):
+    from .io import write_json
+    from .sharpness import all_variants
+
+    write_json(args.out, all_variants(_by_direction_seed(args.surfaces), radius=args.radius))
+
+
+_run_sharpness.arguments = _run_sharpness_args
+
+
+def _by_direction_seed(paths: list[Path]) -> dict[int, Path]:
+    seeds = {}
+    for p in paths:
+        part = p.parent.name
+        if not part.startswith("direction_seed~"):
+            raise ValueError(f"{p}: expected .../direction_seed~<seed>/surface.h5")
+        seeds[int(part.split("~", 1)[1])] = p
+    return seeds
+
+
+# --- analysis ---------------------------------------------------------------------------------
+def _paper_table_args(p):
+    p.add_argument("csv", type=Path, help="the paper's published results table")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--figures", action="store_true", help="also draw the figures into OUT/figures")
+
+
+@command("paper-table", "correlations of the paper's published table (reproduces r = 0.412)")
+def _paper_table(args):
+    from .analysis import paper_table
+
+    df = paper_table(args.csv, args.out)
+    if args.figures:
+        from .figures import scatter_sharpness
+
+        scatter_sharpness(df, "mean_sharpness", out_png=args.out / "figures" / "scatter.png",
+                          title="Published table (Milling et al., 2024)")
+
+
+_paper_table.arguments = _paper_table_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ascsharp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        fn.arguments(p)
+        p.set_defaults(func=fn, _parser=p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    threads = getattr(args, "threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        # One line naming the file or key; the traceback adds nothing for bad input.
+        args._parser.exit(2, f"ascsharp {args.command}: error: {_one_line(e)}\n")
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Batched evaluation and the accuracy breakdowns reported for every model.
+
+Losses are sums over clips divided by the clip count, never means of batch means, so the
+number does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .meta import CITIES, DEVICES, SCENES, SEEN_DEVICES, UNSEEN_DEVICES
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when asked for; a no-op elsewhere (CPU results stay exact)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int, amp: bool = False
+) -> torch.Tensor:
+    """Logits for every clip of `x` (model in eval mode), in float32 on x's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size].to(device, torch.float32, non_blocking=True)
+        with autocast(device, amp):
+            out.append(model(batch).float())
+    return torch.cat(out)
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    y = y.to(logits.device)
+    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return loss, acc
+
+
+def breakdown(table: pd.DataFrame, logits: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Accuracy overall, by device / city / scene, seen and unseen devices, UAR and macro-F1.
+
+    `seen` and `unseen` are means of the per-device accuracies (A-S3 and S4-S6), as in the
+    paper's table, so a device with more clips does not weigh more.
+    """
+    loss, acc = loss_and_accuracy(logits, y)
+    pred = logits.argmax(1).cpu().numpy()
+    true = y.cpu().numpy()
+    correct = pred == true
+
+    def acc_by(column: str, values) -> dict[str, float]:
+        col = table[column].to_numpy()
+        return {v: float(correct[col == v].mean()) for v in values if (col == v).any()}
+
+    by_device = acc_by("device", DEVICES)
+    recall, f1 = [], []
+    for k in range(len(SCENES)):
+        tp = np.sum((pred == k) & (true == k))
+        n_true, n_pred = np.sum(true == k), np.sum(pred == k)
+        if n_true:
+            recall.append(tp / n_true)
+            f1.append(2 * tp / (n_true + n_pred))
+    seen = [by_device[d] for d in SEEN_DEVICES if d in by_device]
+    unseen = [by_device[d] for d in UNSEEN_DEVICES if d in by_device]
+    return {
+        "loss": loss,
+        "accuracy": acc,
+        "seen": float(np.mean(seen)) if seen else float("nan"),
+        "unseen": float(np.mean(unseen)) if unseen else float("nan"),
+        "uar": float(np.mean(recall)),
+        "macro_f1": float(np.mean(f1)),
+        "n": int(len(true)),
+        "by_device": by_device,
+        "by_city": acc_by("city", CITIES),
+        "by_scene": {SCENES[k]: float(correct[true == k].mean()) for k in range(len(SCENES)) if (true == k).any()},
+    }

@@ -1,0 +1,154 @@
+"""Figures for the analysis: sharpness against accuracy, per device, and the correlation map.
+
+Figures are built on `matplotlib.figure.Figure` with an Agg canvas rather than through pyplot,
+so nothing depends on (or changes) a global backend and no figure outlives its function. Each
+function returns the Figure so that callers and tests can inspect what was drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ascsharp.analysis import correlate
+from ascsharp.io import atomic_path
+from ascsharp.meta import DEVICES, SEEN_DEVICES
+
+TARGET_LABELS = {
+    "test_all": "test accuracy (all devices)",
+    "seen": "accuracy, seen devices (A, B, C, S1-S3)",
+    "unseen": "accuracy, unseen devices (S4-S6)",
+}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out_png: str | Path) -> None:
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str]) -> None:
+    for col in columns:
+        if col not in df.columns:
+            raise ValueError(f"figure data: missing column {col!r}")
+
+
+def _regression(ax: Axes, x: np.ndarray, y: np.ndarray) -> str:
+    """Draw the least-squares line over all points; return 'r = .., p = ..' for the title."""
+    res = correlate(x, y, "pearson", n_boot=0)
+    if res["n"] >= 2 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        xs = np.array([x.min(), x.max()])
+        ax.plot(xs, intercept + slope * xs, color="black", lw=1.2, ls="--", label="_fit")
+    return f"r = {res['statistic']:.3f}, p = {res['p_value']:.3f} (n = {res['n']})"
+
+
+def scatter_sharpness(
+    df: pd.DataFrame,
+    measure: str,
+    out_png: str | Path,
+    targets: Sequence[str] = ("test_all", "seen", "unseen"),
+    *,
+    title: str | None = None,
+) -> Figure:
+    """One panel per target: runs coloured by optimiser, shaped by architecture, pooled fit.
+
+    The `unseen` panel plots the mean over the unseen devices S4-S6 (the original study's
+    "OOD" plot used a different column).
+    """
+    _require(df, [measure, *targets, "optimizer", "arch"])
+    hue_order = sorted(df["optimizer"].dropna().astype(str).unique())
+    style_order = sorted(df["arch"].dropna().astype(str).unique())
+    fig = _new_figure(4.2 * len(targets), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(targets), sharex=True))
+    for i, (ax, target) in enumerate(zip(axes, targets, strict=True)):
+        d = df[[measure, target, "optimizer", "arch"]].dropna()
+        d = d.astype({"optimizer": str, "arch": str})
+        sns.scatterplot(
+            data=d,
+            x=measure,
+            y=target,
+            hue="optimizer",
+            style="arch",
+            hue_order=hue_order,
+            style_order=style_order,
+            ax=ax,
+            s=45,
+            legend=i == len(targets) - 1,
+        )
+        stats_text = _regression(ax, d[measure].to_numpy(float), d[target].to_numpy(float))
+        ax.set_title(f"{target}\n{stats_text}", fontsize=10)
+        ax.set_xlabel(measure)
+        ax.set_ylabel(TARGET_LABELS.get(target, target))
+        ax.set_gid(target)
+    if len(targets) and axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    if title:
+        fig.suptitle(title)
+    _save(fig, out_png)
+    return fig
+
+
+def device_facets(df: pd.DataFrame, measure: str, out_png: str | Path) -> Figure:
+    """Accuracy per recording device against sharpness; seen and unseen devices in two colours."""
+    columns = [f"acc_{d}" for d in DEVICES]
+    _require(df, [measure, *columns])
+    palette = sns.color_palette("colorblind", 2)
+    fig = _new_figure(12.0, 10.0)
+    axes = fig.subplots(3, 3, sharex=True, sharey=True).ravel()
+    for ax, device, col in zip(axes, DEVICES, columns, strict=True):
+        d = df[[measure, col]].dropna()
+        seen = device in SEEN_DEVICES
+        x, y = d[measure].to_numpy(float), d[col].to_numpy(float)
+        ax.scatter(x, y, s=25, color=palette[0 if seen else 1], label="seen" if seen else "unseen")
+        stats_text = _regression(ax, x, y)
+        kind = "seen" if seen else "unseen"
+        ax.set_title(f"{device.upper()} ({kind})\n{stats_text}", fontsize=9)
+        ax.set_xlabel(measure)
+        ax.set_ylabel("accuracy")
+        ax.set_gid(col)
+    fig.suptitle(f"Per-device accuracy against {measure}")
+    _save(fig, out_png)
+    return fig
+
+
+def correlation_heatmap(
+    corr_df: pd.DataFrame, out_png: str | Path, method: str = "spearman", group: str = "all"
+) -> Figure:
+    """Measures x targets map of one method's statistic within one group, values annotated."""
+    _require(corr_df, ["group", "method", "measure", "target", "statistic"])
+    sel = corr_df[(corr_df["method"] == method) & (corr_df["group"] == group)]
+    if sel.empty:
+        raise ValueError(f"correlation table: no rows with method {method!r} and group {group!r}")
+    measures = list(dict.fromkeys(sel["measure"]))
+    targets = list(dict.fromkeys(sel["target"]))
+    grid = sel.pivot_table(index="measure", columns="target", values="statistic", aggfunc="first")
+    grid = grid.reindex(index=measures, columns=targets)
+    fig = _new_figure(1.6 * len(targets) + 3.0, 0.6 * len(measures) + 2.0)
+    ax = fig.subplots()
+    sns.heatmap(
+        grid,
+        ax=ax,
+        annot=True,
+        fmt=".2f",
+        cmap="vlag",
+        center=0.0,
+        vmin=-1.0,
+        vmax=1.0,
+        cbar_kws={"label": method},
+    )
+    ax.set_title(f"{method} correlation, group {group}")
+    _save(fig, out_png)
+    return fig

@@ -1,0 +1,234 @@
+"""Training of one grid run: whole split in memory, per-epoch checkpoint, model selection, metrics.
+
+Randomness is re-derived from (run id, purpose, epoch) at every epoch, so a run resumed from
+its last checkpoint continues exactly as if it had never stopped (on CPU; bit-identical).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import checkpoint
+from .config import parse_run_id
+from .data import Partition, load_partition
+from .evaluate import autocast, breakdown, loss_and_accuracy, predict
+from .io import atomic_path, provenance, write_json, write_table
+from .meta import SCENES
+from .models import build_model
+from .optim import make_stepper
+from .progress import Progress, get_logger
+from .seeds import derive_seed, generator
+
+RESUME_FILE = "checkpoint.pt"  # last finished epoch; removed once model.pt is written
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    width: float = 1.0
+    selection: str = "validation"  # or "paper": fit on all of fold1_train, select on the test fold
+    eval_batch_size: int = 256
+    amp: bool = False
+    converged_min_train_accuracy: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("validation", "paper"):
+            raise ValueError(f"selection {self.selection!r}: expected 'validation' or 'paper'")
+
+
+def pick_device() -> torch.device:
+    """CUDA when this process can see a GPU, else CPU (also inside a job granted a GPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(
+    features_dir: str | Path,
+    run: str,
+    out_dir: str | Path,
+    settings: TrainSettings,
+    feature_settings: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    log = get_logger()
+    hp = parse_run_id(run)
+    out_dir = Path(out_dir)
+    device = device or pick_device()
+    paper = settings.selection == "paper"
+    fit = load_partition(features_dir, "train_all" if paper else "train").to(device)
+    select = load_partition(features_dir, "test" if paper else "validation").to(device)
+    test = select if paper else load_partition(features_dir, "test").to(device)
+    log.info(
+        "run %s on %s: %d training clips, selection on %s (%d clips), %d test clips",
+        run, device, len(fit), "test" if paper else "validation", len(select), len(test),
+    )
+
+    torch.manual_seed(derive_seed(run, "init"))
+    model = build_model(hp["arch"], n_classes=len(SCENES), width=settings.width,
+                        n_mels=fit.x.shape[1]).to(device)
+    stepper = make_stepper(hp["optimizer"], model, hp["lr"], seed=derive_seed(run, "optimizer"))
+
+    state = _resume(out_dir / RESUME_FILE, run, settings, model, stepper, log)
+    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+        if state["diverged"]:
+            break
+        row = _train_epoch(run, epoch, settings, fit, stepper, hp["batch_size"], device, log)
+        row["select_loss"], row["select_accuracy"] = loss_and_accuracy(
+            predict(model, select.x, settings.eval_batch_size, settings.amp), select.y
+        )
+        if hasattr(stepper, "hyperparameters"):
+            row.update(stepper.hyperparameters())
+        state["history"].append(row)
+        state["diverged"] = not math.isfinite(row["train_loss"])
+        # Ties keep the earlier epoch; a diverged epoch is never selected.
+        if not state["diverged"] and row["select_accuracy"] > state["best_accuracy"]:
+            state.update(best_accuracy=row["select_accuracy"], best_epoch=epoch,
+                         best_state=copy.deepcopy(model.state_dict()))
+        state["epoch"] = epoch
+        log.info(
+            "epoch %d/%d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.1f clips/s",
+            epoch, settings.epochs, row["train_loss"], row["train_accuracy"],
+            "test" if paper else "val", row["select_loss"], row["select_accuracy"],
+            row["clips_per_s"],
+        )
+        _save_resume(out_dir / RESUME_FILE, run, settings, model, stepper, state)
+
+    return _finish(run, hp, out_dir, settings, feature_settings, model, state, fit, select, test,
+                   paper, log)
+
+
+def _train_epoch(
+    run: str, epoch: int, settings: TrainSettings, fit: Partition, stepper, batch_size: int,
+    device: torch.device, log,
+) -> dict[str, Any]:
+    """One pass over the shuffled training clips; returns running loss/accuracy and speed."""
+    torch.manual_seed(derive_seed(run, "dropout", epoch))
+    order = torch.randperm(len(fit), generator=generator(run, "shuffle", epoch)).to(device)
+    # Drop the incomplete last batch: BatchNorm cannot train on a single clip, and a reshuffle
+    # each epoch means every clip is still seen.
+    n_batches = len(fit) // batch_size
+    if n_batches == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(fit)} training clips")
+    progress = Progress(n_batches, "batches", log)
+    report_every = max(1, n_batches // 5)
+    loss_sum, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
+    stepper.model.train()
+    for b in range(n_batches):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        xb, yb = fit.x[idx].float(), fit.y[idx]
+        with autocast(device, settings.amp):
+            loss, logits = stepper.step(xb, yb)
+        loss = float(loss)
+        loss_sum += loss * len(yb)
+        correct += int((logits.argmax(1) == yb).sum())
+        seen += len(yb)
+        if not math.isfinite(loss):
+            log.warning("epoch %d: non-finite training loss at batch %d; stopping run", epoch, b)
+            break
+        if (b + 1) % report_every == 0:
+            progress.update(report_every, f"(epoch {epoch}, loss {loss_sum / seen:.4f})")
+    seconds = time.perf_counter() - t0
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "clips_per_s": seen / seconds,
+        "seconds": seconds,
+    }
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "history": [], "best_epoch": 0, "best_accuracy": -1.0,
+            "best_state": None, "diverged": False}
+
+
+def _resume(path: Path, run: str, settings: TrainSettings, model, stepper, log) -> dict[str, Any]:
+    if not path.exists():
+        return _fresh_state()
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable resume checkpoint ({type(e).__name__}); "
+                         "delete it to start the run afresh") from None
+    if saved.get("run") != run or saved.get("settings") != asdict(settings):
+        raise ValueError(f"{path}: belongs to another run or settings; delete it to start afresh")
+    model.load_state_dict(saved["model"])
+    stepper.load_state_dict(saved["stepper"])
+    log.info("resuming %s after epoch %d", run, saved["state"]["epoch"])
+    return saved["state"]
+
+
+def _save_resume(path: Path, run: str, settings: TrainSettings, model, stepper, state) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"run": run, "settings": asdict(settings), "model": model.state_dict(),
+                    "stepper": stepper.state_dict(), "state": state}, tmp)
+
+
+def _finish(run, hp, out_dir, settings, feature_settings, model, state, fit, select, test, paper,
+            log) -> dict[str, Any]:
+    """Evaluate the selected epoch's weights and write model.pt, history.tsv and metrics.json."""
+    history = state["history"]
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    final_train_acc = history[-1]["train_accuracy"] if history else float("nan")
+    finite = all(math.isfinite(r["train_loss"]) and math.isfinite(r["select_loss"])
+                 for r in history)
+    converged = finite and final_train_acc >= settings.converged_min_train_accuracy
+
+    eval_bs, amp = settings.eval_batch_size, settings.amp
+    train_loss, train_acc = loss_and_accuracy(predict(model, fit.x, eval_bs, amp), fit.y)
+    test_metrics = breakdown(test.table, predict(model, test.x, eval_bs, amp), test.y)
+    validation = None
+    if not paper:
+        val_loss, val_acc = loss_and_accuracy(predict(model, select.x, eval_bs, amp), select.y)
+        validation = {"loss": val_loss, "accuracy": val_acc, "n": len(select)}
+    metrics = {
+        "run": run,
+        "hyperparameters": hp,
+        "selection": settings.selection,
+        "selected_on": "test" if paper else "validation",
+        "epoch": state["best_epoch"],
+        "epochs_trained": state["epoch"],
+        "converged": converged,
+        "convergence_rule": {
+            "finite_losses": finite,
+            "final_train_accuracy": final_train_acc,
+            "min_train_accuracy": settings.converged_min_train_accuracy,
+        },
+        "train": {"loss": train_loss, "accuracy": train_acc, "n": len(fit)},
+        "validation": validation,
+        "test": test_metrics,
+        "generalisation_gap": train_acc - test_metrics["accuracy"],
+        "settings": asdict(settings),
+        "provenance": provenance(),
+    }
+    checkpoint.save(out_dir / "model.pt", {
+        "state_dict": model.state_dict(),
+        "arch": hp["arch"],
+        "width": settings.width,
+        "n_classes": len(SCENES),
+        "n_mels": int(fit.x.shape[1]),
+        "classes": list(SCENES),
+        "run": run,
+        "hyperparameters": hp,
+        "epoch": state["best_epoch"],
+        "selection": settings.selection,
+        "train_settings": asdict(settings),
+        "features": feature_settings or {},
+        "provenance": metrics["provenance"],
+    })
+    write_table(out_dir / "history.tsv", pd.DataFrame(history))
+    write_json(out_dir / "metrics.json", metrics)
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    log.info("run %s: epoch %d selected, test accuracy %.4f (seen %.4f, unseen %.4f), "
+             "converged=%s", run, state["best_epoch"], test_metrics["accuracy"],
+             test_metrics["seen"], test_metrics["unseen"], converged)
+    return metrics

@@ -1,0 +1,45 @@
+# Log-mel features: one contiguous array per store (train = fold1_train, test = fold1_evaluate),
+# plus the location-disjoint validation hold-out, stored as an index into train.npy.
+
+
+rule features:
+    input:
+        DATA_ROOT,
+    output:
+        npy="results/features/{store}.npy",
+        tsv="results/features/{store}.tsv",
+    log:
+        "logs/features/{store}.log",
+    benchmark:
+        "benchmarks/features/{store}.tsv"
+    conda:
+        "../../envs/ascsharp.yaml"
+    threads: 8
+    resources:
+        mem_mb=8000,
+    params:
+        fold=lambda w: FOLD_OF_STORE[w.store],
+        audio=config["dataset"],
+        dtype=config["features"]["dtype"],
+        mel=mel_args(),
+    shell:
+        "ascsharp features --root {input} --fold {params.fold} --out-npy {output.npy}"
+        " --out-tsv {output.tsv} --audio-sample-rate {params.audio[sample_rate]}"
+        " --clip-seconds {params.audio[clip_seconds]} --dtype {params.dtype}"
+        " --threads {threads} {params.mel} 2> {log}"
+
+
+rule validation_split:
+    input:
+        "results/features/train.tsv",
+    output:
+        "results/features/validation.tsv",
+    log:
+        "logs/validation_split/validation_split.log",
+    conda:
+        "../../envs/ascsharp.yaml"
+    params:
+        features=config["features"],
+    shell:
+        "ascsharp holdout {input} --fraction {params.features[validation_fraction]}"
+        " --seed {params.features[validation_seed]} --out {output} 2> {log}"

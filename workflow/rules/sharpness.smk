@@ -1,0 +1,16 @@
+# Sharpness of every run: all region/reference variants, per direction seed and aggregated.
+
+
+rule sharpness:
+    input:
+        surfaces,
+    output:
+        "results/sharpness/{run}.json",
+    log:
+        "logs/sharpness/{run}.log",
+    conda:
+        "../../envs/ascsharp.yaml"
+    params:
+        radius=config["sharpness"]["radius"],
+    shell:
+        "ascsharp run-sharpness {input} --radius {params.radius} --out {output} 2> {log}"

@@ -1,0 +1,35 @@
+# One training job per grid run. A killed job resumes from results/models/{run}/checkpoint.pt.
+
+
+rule train:
+    input:
+        features=multiext(
+            "results/features/", "train.npy", "train.tsv", "test.npy", "test.tsv"
+        ),
+        holdout="results/features/validation.tsv",
+    output:
+        model="results/models/{run}/model.pt",
+        metrics="results/models/{run}/metrics.json",
+        history="results/models/{run}/history.tsv",
+    log:
+        "logs/train/{run}.log",
+    benchmark:
+        "benchmarks/train/{run}.tsv"
+    conda:
+        "../../envs/ascsharp.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        train=config["train"],
+        width=config["model"]["width"],
+        amp="--amp" if config["train"]["amp"] else "",
+        mel=mel_args(),
+    shell:
+        "ascsharp train --features results/features --run {wildcards.run}"
+        " --out-dir results/models/{wildcards.run} --epochs {params.train[epochs]}"
+        " --width {params.width} --selection {params.train[selection]}"
+        " --eval-batch-size {params.train[eval_batch_size]} {params.amp}"
+        " --converged-min-train-accuracy {params.train[converged_min_train_accuracy]}"
+        " --threads {threads} {params.mel} 2> {log}"
