@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ascsharp import analysis, figures
 from scipy import stats
+
+from ascsharp import analysis, figures
 
 # The published table, shipped with the workflow (an unedited copy of the authors' release).
 PAPER_CSV = Path(__file__).resolve().parents[1] / "workflow/reference/paper_results_icassp2024.csv"

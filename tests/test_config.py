@@ -37,8 +37,12 @@ def test_paper_preset_yields_the_46_trained_and_38_reported_runs():
     assert len(runs) == 46
     counts = runs.groupby(["arch", "optimizer"]).size().to_dict()
     assert counts == {
-        ("cnn10", "adam"): 8, ("cnn10", "sgd"): 8, ("cnn10", "gdtuo"): 8, ("cnn10", "kfac"): 6,
-        ("cnn14", "adam"): 8, ("cnn14", "sgd"): 8,
+        ("cnn10", "adam"): 8,
+        ("cnn10", "sgd"): 8,
+        ("cnn10", "gdtuo"): 8,
+        ("cnn10", "kfac"): 6,
+        ("cnn14", "adam"): 8,
+        ("cnn14", "sgd"): 8,
     }
     assert not ((runs["optimizer"] == "kfac") & (runs["batch_size"] == 32)).any()
     kept = analysed_runs(runs, config["analysis"]["exclude"])

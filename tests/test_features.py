@@ -11,6 +11,7 @@ import pytest
 import scipy.signal
 import soundfile as sf
 import torch
+
 from ascsharp.features import (
     LogMel,
     MelConfig,
@@ -206,7 +207,8 @@ def test_load_audio_errors_name_the_file(tmp_path):
     sf.write(stereo, np.zeros((100, 2)), 16000)
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00not really a wave file")
-    for path, what in ((stereo, "2 channels"), (corrupt, "unreadable"), (tmp_path / "x.wav", "")):
+    cases = ((stereo, "2 channels"), (corrupt, "unreadable"), (tmp_path / "x.wav", "missing"))
+    for path, what in cases:
         with pytest.raises(DatasetError, match=what) as info:
             load_audio(path, 16000)
         message = str(info.value)
@@ -360,6 +362,13 @@ def test_assign_validation_is_location_disjoint_stratified_and_near_fraction():
         assert not val[table["scene"] == SCENES[0]].any()  # its only location stays in training
         assert abs(val.mean() - 0.3) <= 0.08
         assert val.groupby(table["scene"]).mean().iloc[1:].between(0.05, 0.6).all()
+
+
+def test_assign_validation_high_fraction_still_leaves_training_locations():
+    table = location_table()
+    val = assign_validation(table, 0.95, 3)
+    assert set(table[~val]["scene"]) == set(SCENES)
+    assert val.mean() > 0.5
 
 
 def test_assign_validation_deterministic_seeded_and_order_free():

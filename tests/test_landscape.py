@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from ascsharp.landscape import (
     Grid,
     cosine_similarity,
@@ -26,7 +28,6 @@ from ascsharp.landscape import (
     surface_fingerprint,
     write_shard,
 )
-from torch import nn
 
 torch.set_num_threads(1)
 LOG = logging.getLogger("test_landscape")

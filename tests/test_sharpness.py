@@ -8,6 +8,7 @@ import math
 import h5py
 import numpy as np
 import pytest
+
 from ascsharp.sharpness import aggregate, all_variants, region_mask, sharpness, sharpness_from_h5
 
 R = 0.25

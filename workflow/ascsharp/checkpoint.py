@@ -45,11 +45,15 @@ def load_model(
     """The trained model (eval mode, on `device`) and its checkpoint metadata."""
     payload = load(path, map_location="cpu")
     model = build_model(
-        payload["arch"], n_classes=payload["n_classes"], width=payload["width"],
+        payload["arch"],
+        n_classes=payload["n_classes"],
+        width=payload["width"],
         n_mels=payload["n_mels"],
     )
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit {payload['arch']} ({str(e).splitlines()[0]})") from None
+        raise ValueError(
+            f"{path}: weights do not fit {payload['arch']} ({str(e).splitlines()[0]})"
+        ) from None
     return model.to(device).eval(), payload

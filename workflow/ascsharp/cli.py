@@ -39,8 +39,12 @@ def _mel_config(args):
     from .features import MelConfig
 
     return MelConfig(
-        sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length,
-        n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax,
+        sample_rate=args.sample_rate,
+        n_fft=args.n_fft,
+        hop_length=args.hop_length,
+        n_mels=args.n_mels,
+        fmin=args.fmin,
+        fmax=args.fmax,
     )
 
 
@@ -50,6 +54,7 @@ def _synth_args(p):
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--sample-rate", type=int, default=44100)
     p.add_argument("--clip-seconds", type=float, default=2.0)
+    p.add_argument("--cities", type=int, default=10, help="how many of the 10 cities")
     p.add_argument("--locations-per-city", type=int, default=2)
     p.add_argument("--segments-per-location", type=int, default=2)
 
@@ -59,7 +64,11 @@ def _synth(args):
     from .synth import generate_dataset
 
     summary = generate_dataset(
-        args.root, seed=args.seed, sample_rate=args.sample_rate, clip_seconds=args.clip_seconds,
+        args.root,
+        seed=args.seed,
+        sample_rate=args.sample_rate,
+        clip_seconds=args.clip_seconds,
+        cities=args.cities,
         locations_per_city=args.locations_per_city,
         segments_per_location=args.segments_per_location,
     )
@@ -74,8 +83,12 @@ def _features_args(p):
     p.add_argument("--fold", choices=["train", "evaluate"], required=True)
     p.add_argument("--out-npy", type=Path, required=True)
     p.add_argument("--out-tsv", type=Path, required=True)
-    p.add_argument("--audio-sample-rate", type=int, default=None,
-                   help="expected WAV sample rate (checked for every file)")
+    p.add_argument(
+        "--audio-sample-rate",
+        type=int,
+        default=None,
+        help="expected WAV sample rate (checked for every file)",
+    )
     p.add_argument("--clip-seconds", type=float, default=None, help="expected clip length")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--threads", type=int, default=1)
@@ -89,8 +102,14 @@ def _features(args):
 
     folds = validate_dataset(args.root, args.audio_sample_rate, args.clip_seconds)
     extract_split(
-        args.root, folds[args.fold], args.out_npy, args.out_tsv, _mel_config(args),
-        dtype=args.dtype, threads=args.threads, clip_seconds=args.clip_seconds,
+        args.root,
+        folds[args.fold],
+        args.out_npy,
+        args.out_tsv,
+        _mel_config(args),
+        dtype=args.dtype,
+        threads=args.threads,
+        clip_seconds=args.clip_seconds,
     )
 
 
@@ -141,8 +160,11 @@ def _train(args):
     from .train import TrainSettings, train
 
     settings = TrainSettings(
-        epochs=args.epochs, width=args.width, selection=args.selection,
-        eval_batch_size=args.eval_batch_size, amp=args.amp,
+        epochs=args.epochs,
+        width=args.width,
+        selection=args.selection,
+        eval_batch_size=args.eval_batch_size,
+        amp=args.amp,
         converged_min_train_accuracy=args.converged_min_train_accuracy,
     )
     train(args.features, args.run, args.out_dir, settings, asdict(_mel_config(args)))
@@ -201,9 +223,16 @@ def _landscape_shard(args):
     from .landscape import evaluate_shard
 
     evaluate_shard(
-        model_path=args.model, directions_path=args.directions, features_dir=args.features,
-        partition=args.partition, subset=args.subset, batch_size=args.batch_size,
-        grid=_grid(args), n_shards=args.shards, shard=args.shard, out=args.out,
+        model_path=args.model,
+        directions_path=args.directions,
+        features_dir=args.features,
+        partition=args.partition,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        grid=_grid(args),
+        n_shards=args.shards,
+        shard=args.shard,
+        out=args.out,
     )
 
 
@@ -231,7 +260,9 @@ _gather.arguments = _gather_args
 
 # --- sharpness --------------------------------------------------------------------------------
 def _sharpness_args(p):
-    p.add_argument("surface", type=Path, help="surface.h5 with xcoordinates, ycoordinates, train_loss")
+    p.add_argument(
+        "surface", type=Path, help="surface.h5 with xcoordinates, ycoordinates, train_loss"
+    )
     p.add_argument("--radius", type=float, default=0.25)
     p.add_argument("--reference", choices=["grid-min", "centre"], default="grid-min")
     p.add_argument("--region", choices=["legacy-disk", "disk", "square"], default="legacy-disk")
@@ -248,8 +279,10 @@ def _sharpness(args):
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.surface}: sharpness {result['sharpness']:.4f} "
-              f"({args.region}, {args.reference}, radius {args.radius}, {result['points']} points)")
+        print(
+            f"{args.surface}: sharpness {result['sharpness']:.4f} "
+            f"({args.region}, {args.reference}, radius {args.radius}, {result['points']} points)"
+        )
 
 
 _sharpness.arguments = _sharpness_args
@@ -297,11 +330,83 @@ def _paper_table(args):
     if args.figures:
         from .figures import scatter_sharpness
 
-        scatter_sharpness(df, "mean_sharpness", out_png=args.out / "figures" / "scatter.png",
-                          title="Published table (Milling et al., 2024)")
+        scatter_sharpness(
+            df,
+            "mean_sharpness",
+            out_png=args.out / "figures" / "scatter.png",
+            title="Published table (Milling et al., 2024)",
+        )
 
 
 _paper_table.arguments = _paper_table_args
+
+
+def _summarize_args(p):
+    p.add_argument("--metrics", type=Path, nargs="+", required=True, help="every metrics.json")
+    p.add_argument("--sharpness", type=Path, nargs="+", required=True, help="every sharpness JSON")
+    p.add_argument("--exclude", default="[]", help="analysis.exclude as JSON")
+    p.add_argument("--out", type=Path, required=True, help="summary.tsv")
+
+
+@command("summarize", "one row per run: hyperparameters, accuracies, every sharpness variant")
+def _summarize(args):
+    from .analysis import summary_from_files
+    from .io import write_table
+
+    try:
+        exclude = json.loads(args.exclude)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--exclude: not valid JSON ({e.msg})") from None
+    write_table(args.out, summary_from_files(args.metrics, args.sharpness, exclude))
+
+
+_summarize.arguments = _summarize_args
+
+
+def _correlate_args(p):
+    p.add_argument("summary", type=Path, help="summary.tsv")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="correlations.tsv")
+
+
+@command("correlate", "correlations of sharpness with accuracy, with and without excluded runs")
+def _correlate(args):
+    import pandas as pd
+
+    from .analysis import run_correlations
+    from .io import write_table
+
+    summary = pd.read_csv(args.summary, sep="\t")
+    write_table(args.out, run_correlations(summary, n_boot=args.bootstrap, seed=args.seed))
+
+
+_correlate.arguments = _correlate_args
+
+
+def _figures_args(p):
+    p.add_argument("--summary", type=Path, required=True)
+    p.add_argument("--correlations", type=Path, required=True)
+    p.add_argument("--scatter", type=Path, required=True)
+    p.add_argument("--devices", type=Path, required=True)
+    p.add_argument("--heatmap", type=Path, required=True)
+
+
+@command("figures", "sharpness-accuracy scatter, per-device facets, correlation heat map")
+def _figures(args):
+    import pandas as pd
+
+    from .figures import correlation_heatmap, device_facets, scatter_sharpness
+
+    summary = pd.read_csv(args.summary, sep="\t")
+    headline = summary[summary["converged"].astype(bool) & ~summary["excluded"].astype(bool)]
+    corr = pd.read_csv(args.correlations, sep="\t")
+    scatter_sharpness(headline, "mean_sharpness", out_png=args.scatter)
+    device_facets(headline, "mean_sharpness", args.devices)
+    correlation_heatmap(corr[corr["subset"] == "headline"], args.heatmap)
+
+
+_figures.arguments = _figures_args
 
 
 def build_parser() -> argparse.ArgumentParser:

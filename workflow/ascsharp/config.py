@@ -109,7 +109,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return validate_config(raw, source=str(path))
 
 
-def _matches(run: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
+def matches(run: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
+    """True when `run` has every value of the filter `rule` (its `reason` is ignored)."""
     return all(run[k] == v for k, v in rule.items() if k != "reason")
 
 
@@ -126,7 +127,7 @@ def expand_grid(grid: Mapping[str, Any], source: str = "config") -> pd.DataFrame
                 rows.append(run)
     if not rows:
         raise ConfigError(f"{source}: grid.blocks: the grid is empty")
-    kept = [r for r in rows if not any(_matches(r, rule) for rule in grid.get("exclude", []))]
+    kept = [r for r in rows if not any(matches(r, rule) for rule in grid.get("exclude", []))]
     if not kept:
         raise ConfigError(f"{source}: grid.exclude: removes every run of the grid")
     return pd.DataFrame(kept, columns=list(RUN_KEYS))
@@ -134,7 +135,7 @@ def expand_grid(grid: Mapping[str, Any], source: str = "config") -> pd.DataFrame
 
 def analysed_runs(runs: pd.DataFrame, exclude: list[Mapping[str, Any]]) -> pd.DataFrame:
     """The runs kept for the headline statistics (all runs are still reported separately)."""
-    keep = [not any(_matches(r, rule) for rule in exclude) for r in runs.to_dict("records")]
+    keep = [not any(matches(r, rule) for rule in exclude) for r in runs.to_dict("records")]
     return runs[keep]
 
 

@@ -40,9 +40,10 @@ def predict(
 
 
 def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy (summed in float64 over all clips, then / N) and accuracy."""
     y = y.to(logits.device)
-    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
-    acc = (logits.argmax(1) == y).float().mean().item()
+    loss = F.cross_entropy(logits.double(), y, reduction="sum").item() / len(y)
+    acc = int((logits.argmax(1) == y).sum()) / len(y)
     return loss, acc
 
 
@@ -81,5 +82,9 @@ def breakdown(table: pd.DataFrame, logits: torch.Tensor, y: torch.Tensor) -> dic
         "n": int(len(true)),
         "by_device": by_device,
         "by_city": acc_by("city", CITIES),
-        "by_scene": {SCENES[k]: float(correct[true == k].mean()) for k in range(len(SCENES)) if (true == k).any()},
+        "by_scene": {
+            SCENES[k]: float(correct[true == k].mean())
+            for k in range(len(SCENES))
+            if (true == k).any()
+        },
     }

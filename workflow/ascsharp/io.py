@@ -24,7 +24,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should be shareable
@@ -65,7 +67,7 @@ _PACKAGES = ("ascsharp", "torch", "torchaudio", "numpy", "scipy", "pandas", "lib
 
 
 def provenance() -> dict[str, Any]:
-    """Library versions, git commit and host, recorded in every artefact so results can be traced."""
+    """Library versions, git commit and host: recorded in every artefact so it can be traced."""
     versions = {}
     for name in _PACKAGES:
         try:

@@ -21,14 +21,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ascsharp.evaluate import loss_and_accuracy, predict
 from ascsharp.io import atomic_path, write_json
 from ascsharp.progress import Progress, get_logger
-from ascsharp.seeds import generator
+from ascsharp.seeds import derive_seed, generator
 
 PURPOSE = "landscape"
 _SHARD_META_KEYS = ("run", "direction_seed", "fingerprint", "n_shards", "shard")
@@ -285,7 +286,6 @@ def evaluate_points(
     was_training = model.training
     model.to(device).eval()
     x, y = x.to(device), y.to(device)
-    n = len(x)
     dxs = [d.to(device=device, dtype=p.dtype) for d, p in zip(dx, params, strict=True)]
     dys = [d.to(device=device, dtype=p.dtype) for d, p in zip(dy, params, strict=True)]
     w0 = [p.detach().clone() for p in params]
@@ -300,16 +300,11 @@ def evaluate_points(
                     w.copy_(w_init)
                     w.add_(a, alpha=alpha)
                     w.add_(b, alpha=beta)
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                correct = torch.zeros((), dtype=torch.int64, device=device)
-                for start in range(0, n, batch_size):
-                    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                    logits = model(xb)
-                    loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-                    correct += (logits.argmax(dim=1) == yb).sum()
+                logits = predict(model, x, batch_size)
+                loss, acc = loss_and_accuracy(logits, y)
                 for w, w_init in zip(params, w0, strict=True):
                     w.copy_(w_init)
-                done[p] = (float(loss_sum) / n, int(correct) / n)
+                done[p] = (loss, acc)
                 unsaved += 1
                 if partial is not None and unsaved >= save_every:
                     _save_partial(partial, fp, done)
@@ -440,8 +435,6 @@ def gather(
     clash = sorted(set(own) & set(attrs or {}))
     if clash:
         raise ValueError(f"gather: attribute {clash[0]!r} is set from the shards; pick another")
-    import h5py
-
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("xcoordinates", data=grid.xcoordinates)
@@ -462,8 +455,6 @@ def read_surface(
     path: str | Path, key: str = "train_loss"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, y, loss[iy, ix]) from a surface.h5, with one-line errors naming the file and key."""
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: surface file not found")
@@ -534,3 +525,58 @@ def plot_surface(
     ax.set(xlabel=r"$\alpha$", ylabel=r"$\beta$", zlabel="loss", title=title)
     with atomic_path(out_png_3d) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
+
+
+def evaluate_shard(
+    *,
+    model_path: str | Path,
+    directions_path: str | Path,
+    features_dir: str | Path,
+    partition: str,
+    subset: int | None,
+    batch_size: int,
+    grid: Grid,
+    n_shards: int,
+    shard: int,
+    out: str | Path,
+    device: str | torch.device | None = None,
+) -> None:
+    """One landscape job: load model, directions and clips, evaluate this shard, write it.
+
+    Finished points go to `<out>.partial.json` as they are done, so a killed job rerun with the
+    same inputs picks up where it stopped; the file is removed once the shard is written.
+    """
+    from .checkpoint import load_model
+    from .data import load_partition
+    from .train import pick_device
+
+    device = device or pick_device()
+    model, ckpt = load_model(model_path, device)
+    dx, dy, meta = load_directions(directions_path)
+    if meta.get("run") != ckpt["run"]:
+        raise ValueError(f"{directions_path}: directions of run {meta.get('run')!r}, "
+                         f"model {model_path} is run {ckpt['run']!r}")  # fmt: skip
+    # The subset is fixed per run (not per direction seed), so all surfaces of a run agree.
+    data = load_partition(features_dir, partition, subset, seed=derive_seed(ckpt["run"], "subset"))
+    indices = shard_indices(grid.n_points, n_shards, shard)
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial.json")
+    log = get_logger()
+    log.info("%s direction seed %s: shard %d/%d, %d of %d points, %d %s clips on %s",
+             ckpt["run"], meta["direction_seed"], shard + 1, n_shards, len(indices),
+             grid.n_points, len(data), partition, device)  # fmt: skip
+    results = evaluate_points(
+        model, dx, dy, data.x.to(device), data.y.to(device), grid, indices,
+        batch_size=batch_size, device=device, partial_path=partial, log=log,
+    )  # fmt: skip
+    write_shard(out, grid, indices, results, {
+        "run": ckpt["run"],
+        "direction_seed": meta["direction_seed"],
+        "fingerprint": surface_fingerprint(model, dx, dy),
+        "n_shards": n_shards,
+        "shard": shard,
+        "partition": partition,
+        "subset": subset,
+        "clips": len(data),
+    })  # fmt: skip
+    partial.unlink(missing_ok=True)

@@ -83,9 +83,7 @@ def parse_filename(filename: str) -> ClipInfo:
         raise DatasetError(f"{filename}: not a .wav file name")
     parts = name[: -len(".wav")].split("-")
     if len(parts) != 5:
-        raise DatasetError(
-            f"{filename}: expected <scene>-<city>-<location>-<segment>-<device>.wav"
-        )
+        raise DatasetError(f"{filename}: expected <scene>-<city>-<location>-<segment>-<device>.wav")
     scene, city, location_id, segment, device = parts
     if scene not in SCENES:
         raise DatasetError(f"{filename}: unknown scene {scene!r}")
@@ -146,9 +144,7 @@ def read_fold(root: str | Path, fold: str) -> pd.DataFrame:
             info.location,
             info.device,
         ):
-            raise DatasetError(
-                f"{root / META_FILE}: {r['filename']} disagrees with its file name"
-            )
+            raise DatasetError(f"{root / META_FILE}: {r['filename']} disagrees with its file name")
     table = clip_table([r["filename"] for r in rows])
     duplicated = table["filename"][table["filename"].duplicated()]
     if len(duplicated):
@@ -177,7 +173,9 @@ def validate_dataset(
     folds = {fold: read_fold(root, fold) for fold in ("train", "evaluate")}
     overlap = set(folds["train"]["filename"]) & set(folds["evaluate"]["filename"])
     if overlap:
-        raise DatasetError(f"{root}: {sorted(overlap)[0]} is in both fold1_train and fold1_evaluate")
+        raise DatasetError(
+            f"{root}: {sorted(overlap)[0]} is in both fold1_train and fold1_evaluate"
+        )
     unseen_in_train = folds["train"][~folds["train"]["seen"]]
     if len(unseen_in_train):
         raise DatasetError(

@@ -1,4 +1,4 @@
-"""Progress lines for long work (epochs, grid points): done/total, rate and ETA, to the rule's log."""
+"""Progress lines for long work (epochs, grid points): done/total, rate and ETA, to the log."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ its last checkpoint continues exactly as if it had never stopped (on CPU; bit-id
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -67,12 +66,18 @@ def train(
     test = select if paper else load_partition(features_dir, "test").to(device)
     log.info(
         "run %s on %s: %d training clips, selection on %s (%d clips), %d test clips",
-        run, device, len(fit), "test" if paper else "validation", len(select), len(test),
+        run,
+        device,
+        len(fit),
+        "test" if paper else "validation",
+        len(select),
+        len(test),
     )
 
     torch.manual_seed(derive_seed(run, "init"))
-    model = build_model(hp["arch"], n_classes=len(SCENES), width=settings.width,
-                        n_mels=fit.x.shape[1]).to(device)
+    model = build_model(
+        hp["arch"], n_classes=len(SCENES), width=settings.width, n_mels=fit.x.shape[1]
+    ).to(device)
     stepper = make_stepper(hp["optimizer"], model, hp["lr"], seed=derive_seed(run, "optimizer"))
 
     state = _resume(out_dir / RESUME_FILE, run, settings, model, stepper, log)
@@ -89,24 +94,39 @@ def train(
         state["diverged"] = not math.isfinite(row["train_loss"])
         # Ties keep the earlier epoch; a diverged epoch is never selected.
         if not state["diverged"] and row["select_accuracy"] > state["best_accuracy"]:
-            state.update(best_accuracy=row["select_accuracy"], best_epoch=epoch,
-                         best_state=copy.deepcopy(model.state_dict()))
+            state.update(
+                best_accuracy=row["select_accuracy"],
+                best_epoch=epoch,
+                best_state=_detached(model.state_dict()),
+            )
         state["epoch"] = epoch
         log.info(
             "epoch %d/%d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.1f clips/s",
-            epoch, settings.epochs, row["train_loss"], row["train_accuracy"],
-            "test" if paper else "val", row["select_loss"], row["select_accuracy"],
+            epoch,
+            settings.epochs,
+            row["train_loss"],
+            row["train_accuracy"],
+            "test" if paper else "val",
+            row["select_loss"],
+            row["select_accuracy"],
             row["clips_per_s"],
         )
         _save_resume(out_dir / RESUME_FILE, run, settings, model, stepper, state)
 
-    return _finish(run, hp, out_dir, settings, feature_settings, model, state, fit, select, test,
-                   paper, log)
+    return _finish(
+        run, hp, out_dir, settings, feature_settings, model, state, fit, select, test, paper, log
+    )
 
 
 def _train_epoch(
-    run: str, epoch: int, settings: TrainSettings, fit: Partition, stepper, batch_size: int,
-    device: torch.device, log,
+    run: str,
+    epoch: int,
+    settings: TrainSettings,
+    fit: Partition,
+    stepper,
+    batch_size: int,
+    device: torch.device,
+    log,
 ) -> dict[str, Any]:
     """One pass over the shuffled training clips; returns running loss/accuracy and speed."""
     torch.manual_seed(derive_seed(run, "dropout", epoch))
@@ -145,9 +165,20 @@ def _train_epoch(
     }
 
 
+def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Not deepcopy: GDTUO's weights are non-leaf tensors tied to its hyperparameter graph.
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
 def _fresh_state() -> dict[str, Any]:
-    return {"epoch": 0, "history": [], "best_epoch": 0, "best_accuracy": -1.0,
-            "best_state": None, "diverged": False}
+    return {
+        "epoch": 0,
+        "history": [],
+        "best_epoch": 0,
+        "best_accuracy": -1.0,
+        "best_state": None,
+        "diverged": False,
+    }
 
 
 def _resume(path: Path, run: str, settings: TrainSettings, model, stepper, log) -> dict[str, Any]:
@@ -156,8 +187,10 @@ def _resume(path: Path, run: str, settings: TrainSettings, model, stepper, log) 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: unreadable resume checkpoint ({type(e).__name__}); "
-                         "delete it to start the run afresh") from None
+        raise ValueError(
+            f"{path}: unreadable resume checkpoint ({type(e).__name__}); "
+            "delete it to start the run afresh"
+        ) from None
     if saved.get("run") != run or saved.get("settings") != asdict(settings):
         raise ValueError(f"{path}: belongs to another run or settings; delete it to start afresh")
     model.load_state_dict(saved["model"])
@@ -168,19 +201,29 @@ def _resume(path: Path, run: str, settings: TrainSettings, model, stepper, log) 
 
 def _save_resume(path: Path, run: str, settings: TrainSettings, model, stepper, state) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"run": run, "settings": asdict(settings), "model": model.state_dict(),
-                    "stepper": stepper.state_dict(), "state": state}, tmp)
+        torch.save(
+            {
+                "run": run,
+                "settings": asdict(settings),
+                "model": model.state_dict(),
+                "stepper": stepper.state_dict(),
+                "state": state,
+            },
+            tmp,
+        )
 
 
-def _finish(run, hp, out_dir, settings, feature_settings, model, state, fit, select, test, paper,
-            log) -> dict[str, Any]:
+def _finish(
+    run, hp, out_dir, settings, feature_settings, model, state, fit, select, test, paper, log
+) -> dict[str, Any]:
     """Evaluate the selected epoch's weights and write model.pt, history.tsv and metrics.json."""
     history = state["history"]
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     final_train_acc = history[-1]["train_accuracy"] if history else float("nan")
-    finite = all(math.isfinite(r["train_loss"]) and math.isfinite(r["select_loss"])
-                 for r in history)
+    finite = all(
+        math.isfinite(r["train_loss"]) and math.isfinite(r["select_loss"]) for r in history
+    )
     converged = finite and final_train_acc >= settings.converged_min_train_accuracy
 
     eval_bs, amp = settings.eval_batch_size, settings.amp
@@ -210,25 +253,34 @@ def _finish(run, hp, out_dir, settings, feature_settings, model, state, fit, sel
         "settings": asdict(settings),
         "provenance": provenance(),
     }
-    checkpoint.save(out_dir / "model.pt", {
-        "state_dict": model.state_dict(),
-        "arch": hp["arch"],
-        "width": settings.width,
-        "n_classes": len(SCENES),
-        "n_mels": int(fit.x.shape[1]),
-        "classes": list(SCENES),
-        "run": run,
-        "hyperparameters": hp,
-        "epoch": state["best_epoch"],
-        "selection": settings.selection,
-        "train_settings": asdict(settings),
-        "features": feature_settings or {},
-        "provenance": metrics["provenance"],
-    })
+    checkpoint.save(
+        out_dir / "model.pt",
+        {
+            "state_dict": model.state_dict(),
+            "arch": hp["arch"],
+            "width": settings.width,
+            "n_classes": len(SCENES),
+            "n_mels": int(fit.x.shape[1]),
+            "classes": list(SCENES),
+            "run": run,
+            "hyperparameters": hp,
+            "epoch": state["best_epoch"],
+            "selection": settings.selection,
+            "train_settings": asdict(settings),
+            "features": feature_settings or {},
+            "provenance": metrics["provenance"],
+        },
+    )
     write_table(out_dir / "history.tsv", pd.DataFrame(history))
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / RESUME_FILE).unlink(missing_ok=True)
-    log.info("run %s: epoch %d selected, test accuracy %.4f (seen %.4f, unseen %.4f), "
-             "converged=%s", run, state["best_epoch"], test_metrics["accuracy"],
-             test_metrics["seen"], test_metrics["unseen"], converged)
+    log.info(
+        "run %s: epoch %d selected, test accuracy %.4f (seen %.4f, unseen %.4f), converged=%s",
+        run,
+        state["best_epoch"],
+        test_metrics["accuracy"],
+        test_metrics["seen"],
+        test_metrics["unseen"],
+        converged,
+    )
     return metrics

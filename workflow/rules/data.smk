@@ -17,5 +17,6 @@ if config["dataset"]["synthetic"]["generate"]:
         shell:
             "ascsharp synth --root {output} --seed {params.synth[seed]}"
             " --sample-rate {params.audio[sample_rate]} --clip-seconds {params.audio[clip_seconds]}"
+            " --cities {params.synth[cities]}"
             " --locations-per-city {params.synth[locations_per_city]}"
             " --segments-per-location {params.synth[segments_per_location]} 2> {log}"

@@ -1,0 +1,189 @@
+"""Grid points per second: evaluate_points (data in memory) vs the original's per-point DataLoader.
+
+The original study's code (EIHW/ASC_Sharpness, on top of loss-landscape) iterated, for every grid
+point, a DataLoader (num_workers=4, so the workers are forked again per point) over a Dataset that
+looks each clip's .npy path up in a pandas table and np.load()s it, and perturbed the weights with
+`p.data = w + step * d`. The naive baseline here does the same. Both paths run on the same model,
+data, grid points and batch size, in the same process, so the ratio is meaningful; the absolute
+rates are not. Run: `python tests/benchmarks/bench_landscape.py [--model tiny|cnn10] [--clips N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ascsharp.landscape import Grid, evaluate_points, make_directions
+
+
+class TinyStandIn(nn.Module):
+    """Conv + BN + linear on (batch, mels, frames): a model whose compute is cheap, so that the
+    benchmark measures the data path, which is what differs between the two methods."""
+
+    def __init__(self, n_mels: int, n_classes: int = 10):
+        super().__init__()
+        self.bn0 = nn.BatchNorm1d(n_mels)
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn0(x).unsqueeze(1)
+        x = F.relu(self.bn(self.conv(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class NpyClips(Dataset):
+    """One .npy per clip, path and label looked up in pandas tables on every access."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.table = table
+        self.index = list(table.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        key = self.index[i]
+        x = np.load(self.table.loc[key, "features"])
+        return torch.from_numpy(x), int(self.table["label"].loc[key])
+
+
+def naive_points(model, dx, dy, table, grid, indices, batch_size, workers, device):
+    """Per point: perturb via p.data, a fresh DataLoader pass, batch means times batch size."""
+    params = list(model.parameters())
+    w0 = [p.data.clone() for p in params]
+    dx, dy = [d.to(device) for d in dx], [d.to(device) for d in dy]
+    out = {}
+    model.eval()
+    for p in indices:
+        alpha, beta = grid.coords(p)
+        for w, w_init, a, b in zip(params, w0, dx, dy, strict=True):
+            w.data = w_init + alpha * a + beta * b
+        loader = DataLoader(
+            NpyClips(table), batch_size=batch_size, shuffle=False, num_workers=workers
+        )
+        total_loss, correct, total = 0.0, 0, 0
+        with torch.no_grad():
+            for xb, yb in loader:
+                xb, yb = xb.to(device), yb.to(device)
+                logits = model(xb)
+                total_loss += F.cross_entropy(logits, yb).item() * len(yb)
+                correct += int((logits.argmax(1) == yb).sum())
+                total += len(yb)
+        out[p] = (total_loss / total, correct / total)
+    for w, w_init in zip(params, w0, strict=True):
+        w.data = w_init
+    return out
+
+
+def build(name: str, n_mels: int) -> nn.Module:
+    if name == "cnn10":
+        from ascsharp.models import build_model
+
+        return build_model("cnn10", width=0.125, n_mels=n_mels)
+    return TinyStandIn(n_mels)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["tiny", "cnn10"], default="tiny")
+    ap.add_argument("--clips", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--mels", type=int, default=64)
+    ap.add_argument("--points", type=int, default=4, help="grid points per timed run")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stabler timings)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs of each method")
+    ap.add_argument(
+        "--naive-workers", type=int, default=4, help="DataLoader workers of the baseline (orig.: 4)"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    # The original ran 4 workers whatever the core count; do not nag about copying it.
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
+    torch.manual_seed(0)
+
+    device = torch.device(args.device)
+    model = build(args.model, args.mels).eval().to(device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.clips, args.mels, args.frames, generator=g)
+    y = torch.randint(0, 10, (args.clips,), generator=g)
+    dx, dy = make_directions(model, "bench", 0)
+    side = int(np.ceil(np.sqrt(args.points)))
+    grid = Grid(-0.25, 0.25, side, -0.25, 0.25, side)
+    indices = list(range(args.points))
+    quiet = logging.getLogger("bench_landscape.quiet")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for i in range(args.clips):
+            path = Path(tmp) / f"clip{i:06d}.npy"
+            np.save(path, x[i].numpy())
+            rows.append({"filename": f"clip{i:06d}.wav", "features": str(path), "label": int(y[i])})
+        table = pd.DataFrame(rows).set_index("filename")
+
+        def ours():
+            return evaluate_points(
+                model,
+                dx,
+                dy,
+                x,
+                y,
+                grid,
+                indices,
+                batch_size=args.batch_size,
+                device="cpu",
+                log=quiet,
+            )
+
+        def naive():
+            return naive_points(
+                model, dx, dy, table, grid, indices, args.batch_size, args.naive_workers, device
+            )
+
+        a, b = ours(), naive()  # also warms up: allocator, page cache, oneDNN kernels
+        # Interleaved and best-of, so that load from other processes hits both alike.
+        times_ours, times_naive = [], []
+        for _ in range(args.repeats):
+            times_ours.append(_time(ours))
+            times_naive.append(_time(naive))
+    diff = max(abs(a[p][0] - b[p][0]) for p in indices)
+    r_ours, r_naive = args.points / min(times_ours), args.points / min(times_naive)
+    paired = sorted(n / o for o, n in zip(times_ours, times_naive, strict=True))
+    print(
+        f"model={args.model} clips={args.clips} frames={args.frames} mels={args.mels} "
+        f"batch={args.batch_size} threads={args.threads} points={args.points} "
+        f"naive_workers={args.naive_workers} device={device}"
+    )
+    print(f"evaluate_points (in memory):     {r_ours:8.2f} points/s")
+    print(f"naive (DataLoader per point):    {r_naive:8.2f} points/s")
+    print(
+        f"speed-up: {r_ours / r_naive:.2f}x best-of-{args.repeats}, "
+        f"{paired[len(paired) // 2]:.2f}x median of paired runs "
+        f"(max |loss difference| {diff:.2e})"
+    )
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Training loop: learning, exact resume, model selection modes, divergence, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+
+import pandas as pd
+import pytest
+import torch
+
+from ascsharp import checkpoint
+from ascsharp.train import RESUME_FILE, TrainSettings, train
+
+RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
+SETTINGS = TrainSettings(epochs=6, width=0.25, eval_batch_size=32)
+
+
+def test_training_learns_and_writes_self_describing_outputs(feature_store, tmp_path):
+    out = tmp_path / "model"
+    metrics = train(feature_store, RUN, out, SETTINGS, {"n_mels": 16})
+    history = pd.read_csv(out / "history.tsv", sep="\t")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert metrics["test"]["accuracy"] > 0.3  # chance is 0.1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["selected_on"] == "validation"
+    assert saved["epoch"] == int(history["select_accuracy"].idxmax()) + 1
+    assert saved["hyperparameters"] == {
+        "arch": "cnn10",
+        "optimizer": "adam",
+        "lr": 0.001,
+        "batch_size": 16,
+        "seed": 42,
+    }
+    assert set(saved["test"]["by_device"]) == {"a", "c", "s4", "s5"}
+    # seen/unseen are means of per-device accuracies, as in the paper's table
+    by = saved["test"]["by_device"]
+    assert saved["test"]["seen"] == pytest.approx((by["a"] + by["c"]) / 2)
+    assert saved["test"]["unseen"] == pytest.approx((by["s4"] + by["s5"]) / 2)
+    assert saved["converged"] is True
+    assert saved["provenance"]["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert not (out / RESUME_FILE).exists()
+
+    model, ckpt = checkpoint.load_model(out / "model.pt")
+    assert ckpt["run"] == RUN and ckpt["epoch"] == saved["epoch"]
+    assert ckpt["features"] == {"n_mels": 16}
+
+
+def test_resume_after_kill_equals_uninterrupted_run(feature_store, tmp_path, monkeypatch):
+    full = train(feature_store, RUN, tmp_path / "full", SETTINGS)
+
+    # A run killed during epoch 3 has left its epoch-2 checkpoint and no outputs: make one by
+    # training 2 epochs with the output stage switched off, then label it as the 6-epoch run.
+    import ascsharp.train as train_module
+
+    monkeypatch.setattr(train_module, "_finish", lambda *a, **k: None)
+    train(feature_store, RUN, tmp_path / "resumed", replace(SETTINGS, epochs=2))
+    monkeypatch.undo()
+    resume_file = tmp_path / "resumed" / RESUME_FILE
+    saved = torch.load(resume_file, weights_only=True)
+    assert saved["state"]["epoch"] == 2
+    saved["settings"] = asdict(SETTINGS)
+    torch.save(saved, resume_file)
+
+    resumed = train(feature_store, RUN, tmp_path / "resumed", SETTINGS)
+    a = checkpoint.load(tmp_path / "full" / "model.pt")["state_dict"]
+    b = checkpoint.load(tmp_path / "resumed" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test"] == full["test"]
+    h_full = pd.read_csv(tmp_path / "full" / "history.tsv", sep="\t")
+    h_res = pd.read_csv(tmp_path / "resumed" / "history.tsv", sep="\t")
+    cols = ["train_loss", "train_accuracy", "select_loss", "select_accuracy"]
+    pd.testing.assert_frame_equal(h_full[cols], h_res[cols])
+
+
+def test_paper_selection_trains_on_all_of_fold1_train_and_selects_on_test(feature_store, tmp_path):
+    settings = TrainSettings(epochs=2, width=0.125, selection="paper", eval_batch_size=32)
+    metrics = train(feature_store, RUN, tmp_path / "m", settings)
+    assert metrics["selection"] == "paper" and metrics["selected_on"] == "test"
+    assert metrics["train"]["n"] == 120  # train + validation hold-out
+    assert metrics["validation"] is None
+    history = pd.read_csv(tmp_path / "m" / "history.tsv", sep="\t")
+    best = history["select_accuracy"].max()
+    assert metrics["test"]["accuracy"] == pytest.approx(best)
+
+
+def test_divergence_is_recorded_not_raised(feature_store, tmp_path):
+    run = "arch~cnn10/optimizer~sgd/lr~1e+30/batch_size~16/seed~42"
+    metrics = train(feature_store, run, tmp_path / "m", TrainSettings(epochs=3, width=0.125))
+    assert metrics["converged"] is False
+    assert metrics["convergence_rule"]["finite_losses"] is False
+    history = pd.read_csv(tmp_path / "m" / "history.tsv", sep="\t")
+    assert len(history) < 3 or not math.isfinite(history["train_loss"].iloc[-1])
+    assert (tmp_path / "m" / "model.pt").exists()
+
+
+def test_resume_checkpoint_of_another_run_is_refused(feature_store, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    torch.save({"run": "other", "settings": {}}, out / RESUME_FILE)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        train(feature_store, RUN, out, SETTINGS)

@@ -1,0 +1,749 @@
+"""A synthetic stand-in for DCASE2020 Task 1A, written in exactly the development-set layout.
+
+The default workflow must run end to end without the 30 GB real set, and the science question
+(do flat minima generalise to unseen devices?) only makes sense if the stand-in has the same
+structure: ten scenes that overlap, locations that do not cross folds, and one base recording
+seen through several device simulations, device A dominating training and S4-S6 appearing only
+in the evaluate fold. The signal model is deliberately crude but has the features that matter
+for a log-mel CNN: class-dependent spectral envelopes and event types, per-location colouration
+and reverberation, and device frequency responses, band limits, noise and compression.
+
+Every random draw comes from a numpy Generator seeded by `derive_seed(seed, <identity>)`, so a
+clip's bytes depend only on the parameters and the clip's name, never on generation order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import numbers
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from scipy.fft import next_fast_len
+
+from ascsharp.meta import (
+    CITIES,
+    DEVICES,
+    FOLD_FILES,
+    META_COLUMNS,
+    META_FILE,
+    SCENES,
+    SEEN_DEVICES,
+)
+from ascsharp.progress import Progress, get_logger
+from ascsharp.seeds import derive_seed
+
+MARKER = ".ascsharp-synthetic.json"
+# Bump whenever the signal model changes, so an old set on disk is not mistaken for a new one.
+GENERATOR_VERSION = 1
+EVALUATE_SHARE = 0.3  # of each scene's locations, as in the location-disjoint real fold1
+# Real fold1_train: 10,215 A clips and about 750 clips of each of B, C, S1-S3.
+TRAIN_EXTRA_SHARE = 750 / 10215
+_EPS = 1e-12
+# Nuisance variation, tuned so that a linear model on log-mel statistics is well above chance
+# but far from perfect (see tests/test_synth.py).
+CLIP_JITTER = 0.5  # scale of the per-clip spread of the class envelope
+CITY_DB = 1.0  # spread of the per-city colouration
+LOCATION_DB = 1.5  # spread of the per-location colouration
+
+
+# --------------------------------------------------------------------------------------------
+# Scene and device descriptions. Values are hand-set so that neighbouring classes overlap
+# (vehicles, busy outdoor places, large indoor halls) and per-clip jitter blurs the rest.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scene:
+    tilt: float  # background slope, dB per octave around 1 kHz
+    bumps: tuple[tuple[float, float, float], ...]  # (centre Hz, width octaves, gain dB)
+    am: tuple[float, float]  # slow level modulation of the background: (depth, max rate Hz)
+    rt60: float  # seconds; the location draws around it
+    wet: float  # reverberant energy relative to the direct sound
+    snr: tuple[float, float]  # foreground events vs background, dB
+    events: dict[str, float] = field(default_factory=dict)  # type -> events per second
+    hum: tuple[float, float, float, float] = (0.0, 40.0, 80.0, -10.0)  # (prob, f0 lo, hi, dB)
+    beep: tuple[float, float] = (500.0, 1500.0)  # fundamental range of tonal events, Hz
+
+
+SCENE_MODELS: dict[str, _Scene] = {
+    "airport": _Scene(
+        tilt=-2.5,
+        bumps=((300, 1.0, 6), (1800, 0.8, 6)),
+        am=(0.15, 0.3),
+        rt60=1.0,
+        wet=0.6,
+        snr=(-4, 8),
+        events={"speech": 0.8, "beep": 0.3, "click": 0.8, "whoosh": 0.1},
+        beep=(450.0, 1100.0),
+    ),
+    "bus": _Scene(
+        tilt=-6.0,
+        bumps=((70, 0.8, 12), (400, 1.0, 4)),
+        am=(0.2, 0.5),
+        rt60=0.25,
+        wet=0.2,
+        snr=(-8, 4),
+        events={"speech": 0.4, "click": 0.4, "beep": 0.1, "whoosh": 0.2},
+        hum=(0.9, 35.0, 70.0, -4.0),
+        beep=(700.0, 1400.0),
+    ),
+    "metro": _Scene(
+        tilt=-4.0,
+        bumps=((180, 0.8, 10), (1500, 0.7, 7)),
+        am=(0.25, 0.6),
+        rt60=0.3,
+        wet=0.3,
+        snr=(-6, 6),
+        events={"whoosh": 0.4, "squeal": 0.3, "click": 1.4, "beep": 0.15, "speech": 0.2},
+        hum=(0.4, 90.0, 250.0, -10.0),
+        beep=(600.0, 1200.0),
+    ),
+    "metro_station": _Scene(
+        tilt=-3.0,
+        bumps=((120, 1.0, 5), (900, 0.8, 6), (5000, 0.8, -4)),
+        am=(0.25, 0.4),
+        rt60=1.2,
+        wet=0.7,
+        snr=(-4, 8),
+        events={"beep": 0.35, "speech": 0.6, "whoosh": 0.3, "squeal": 0.15, "click": 0.8},
+        hum=(0.2, 90.0, 250.0, -12.0),
+        beep=(500.0, 1200.0),
+    ),
+    "park": _Scene(
+        tilt=-1.5,
+        bumps=((90, 1.0, 5), (5000, 0.9, 8)),
+        am=(0.35, 0.4),
+        rt60=0.15,
+        wet=0.1,
+        snr=(-3, 10),
+        events={"chirp": 1.4, "speech": 0.2, "whoosh": 0.15, "click": 0.2},
+        hum=(0.3, 30.0, 80.0, -14.0),
+    ),
+    "public_square": _Scene(
+        tilt=-3.0,
+        bumps=((250, 1.2, 4), (3000, 1.0, 4)),
+        am=(0.25, 0.4),
+        rt60=0.3,
+        wet=0.2,
+        snr=(-4, 8),
+        events={"speech": 0.7, "click": 0.8, "chirp": 0.4, "whoosh": 0.2, "beep": 0.05},
+        hum=(0.3, 30.0, 80.0, -12.0),
+    ),
+    "shopping_mall": _Scene(
+        tilt=-3.0,
+        bumps=((600, 0.8, 7), (2500, 0.7, -3)),
+        am=(0.15, 0.3),
+        rt60=0.8,
+        wet=0.5,
+        snr=(-3, 9),
+        events={"beep": 0.5, "speech": 1.1, "click": 0.9},
+        hum=(0.2, 90.0, 200.0, -14.0),
+        beep=(250.0, 900.0),
+    ),
+    "street_pedestrian": _Scene(
+        tilt=-2.5,
+        bumps=((150, 1.0, 6), (1200, 0.8, 5)),
+        am=(0.3, 0.5),
+        rt60=0.2,
+        wet=0.15,
+        snr=(-4, 8),
+        events={"speech": 0.8, "click": 1.4, "whoosh": 0.25, "chirp": 0.2, "beep": 0.05},
+        hum=(0.4, 30.0, 90.0, -10.0),
+    ),
+    "street_traffic": _Scene(
+        tilt=-4.5,
+        bumps=((90, 1.0, 9), (2500, 1.0, 5)),
+        am=(0.45, 0.5),
+        rt60=0.15,
+        wet=0.1,
+        snr=(-6, 6),
+        events={"whoosh": 0.8, "click": 0.2, "beep": 0.1, "speech": 0.1},
+        hum=(0.8, 30.0, 90.0, -6.0),
+        beep=(350.0, 700.0),
+    ),
+    "tram": _Scene(
+        tilt=-4.0,
+        bumps=((250, 0.8, 9), (700, 0.7, -5), (3000, 0.8, 4)),
+        am=(0.2, 0.6),
+        rt60=0.3,
+        wet=0.3,
+        snr=(-6, 6),
+        events={"squeal": 0.35, "click": 1.0, "beep": 0.2, "speech": 0.3, "whoosh": 0.2},
+        hum=(0.6, 150.0, 400.0, -8.0),
+        beep=(800.0, 1600.0),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _DeviceSpec:
+    eq_db: float  # scale of the smooth random EQ curve
+    highpass: tuple[float, float]  # cut-off range, Hz
+    lowpass: tuple[float, float]
+    order: int  # Butterworth-like roll-off order of the band limits
+    noise_dbfs: tuple[float, float]  # self-noise level range
+    drive_db: float  # soft-clipping drive; 0 means linear
+    gain_db: float  # spread of the device sensitivity
+
+
+# A is the reference microphone (nearly flat); B, C and S1-S3 are phone-like; S4-S6, which the
+# model never sees in training, have the narrowest bands, strongest EQ, most noise and clipping.
+DEVICE_MODELS: dict[str, _DeviceSpec] = {
+    "a": _DeviceSpec(0.5, (15, 25), (17000, 19000), 2, (-90, -85), 0.0, 0.0),
+    "b": _DeviceSpec(2.0, (80, 150), (10000, 13000), 4, (-72, -66), 6.0, 2.0),
+    "c": _DeviceSpec(2.0, (100, 200), (9000, 12000), 4, (-70, -64), 0.0, 2.0),
+    "s1": _DeviceSpec(2.5, (60, 180), (8000, 12000), 4, (-70, -62), 0.0, 3.0),
+    "s2": _DeviceSpec(2.5, (80, 200), (7000, 11000), 4, (-70, -62), 4.0, 3.0),
+    "s3": _DeviceSpec(2.5, (60, 220), (7500, 12000), 4, (-68, -60), 0.0, 3.0),
+    "s4": _DeviceSpec(5.0, (150, 250), (5000, 6500), 4, (-58, -52), 10.0, 4.0),
+    "s5": _DeviceSpec(5.0, (120, 220), (5500, 7000), 4, (-60, -54), 0.0, 4.0),
+    "s6": _DeviceSpec(5.5, (180, 300), (4500, 6000), 4, (-56, -50), 12.0, 4.0),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def generate_dataset(
+    root: Path,
+    *,
+    seed: int,
+    sample_rate: int = 44100,
+    clip_seconds: float = 2.0,
+    locations_per_city: int = 2,
+    segments_per_location: int = 2,
+    cities: int = 10,
+    log: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Write the synthetic set under `root` and return clip counts per fold and device.
+
+    The set is built in a hidden folder beside `root` and renamed into place at the end, so a
+    killed run never leaves a valid-looking set. An existing complete set with the same
+    parameters is kept as it is (no work); any other non-empty `root` is refused.
+    """
+    root = Path(root)
+    log = log or get_logger()
+    params = _check_params(
+        seed=seed,
+        sample_rate=sample_rate,
+        clip_seconds=clip_seconds,
+        locations_per_city=locations_per_city,
+        segments_per_location=segments_per_location,
+        cities=cities,
+    )
+    previous = _previous_output(root, params)
+    if previous is not None:
+        log.info("%s: synthetic set with these parameters already complete", root)
+        return previous
+
+    seed, sample_rate = params["seed"], params["sample_rate"]
+    plan = _plan(
+        seed, params["cities"], params["locations_per_city"], params["segments_per_location"]
+    )
+    summary = _summarise(plan)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        _write_audio(tmp, plan, seed, sample_rate, params["clip_seconds"], log)
+        _write_tables(tmp, plan)
+        marker = {"parameters": params, "summary": summary}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the set is not
+        if root.is_dir():
+            root.rmdir()  # known to be empty; rename() cannot replace a non-empty folder
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "%s: %d clips (train %d, evaluate %d)",
+        root,
+        summary["clips"],
+        summary["folds"]["train"]["clips"],
+        summary["folds"]["evaluate"]["clips"],
+    )
+    return summary
+
+
+def _check_params(**params: Any) -> dict[str, Any]:
+    """Validated parameters as plain JSON types: they are the identity of the set on disk."""
+
+    def integer(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    checks = {
+        "seed": integer,
+        "sample_rate": lambda v: integer(v) and v >= 8000,
+        "clip_seconds": lambda v: isinstance(v, numbers.Real) and 0.25 <= v <= 60,
+        "locations_per_city": lambda v: integer(v) and v >= 1,
+        "segments_per_location": lambda v: integer(v) and v >= 1,
+        "cities": lambda v: integer(v) and 1 <= v <= len(CITIES),
+    }
+    for key, ok in checks.items():
+        if not ok(params[key]):
+            raise ValueError(f"synthetic data: invalid {key}={params[key]!r}")
+    if params["cities"] * params["locations_per_city"] < 2:
+        raise ValueError(
+            "synthetic data: cities * locations_per_city must be >= 2 so that every scene "
+            "has a location in each fold"
+        )
+    clean = {k: int(params[k]) for k in checks}
+    clean["clip_seconds"] = float(params["clip_seconds"])
+    return {"generator": "ascsharp.synth", "version": GENERATOR_VERSION, **clean}
+
+
+def _previous_output(root: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored summary if `root` holds a complete set made with `params`; None if empty."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: exists and is not a folder")
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    marker = root / MARKER
+    try:
+        stored = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        raise ValueError(
+            f"{root}: not empty and not a synthetic set made by ascsharp; refusing to write there"
+        ) from None
+    if stored.get("parameters") != params:
+        raise ValueError(
+            f"{root}: holds a synthetic set with other parameters ({marker}); delete it first"
+        )
+    return stored["summary"]
+
+
+# --------------------------------------------------------------------------------------------
+# Layout: which clips exist and in which fold
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Segment:
+    scene: str
+    city: str
+    location: str  # location id, unique within the city across scenes (as in the real set)
+    segment: str
+    fold: str
+    devices: tuple[str, ...]
+
+    def filename(self, device: str) -> str:
+        return f"audio/{self.scene}-{self.city}-{self.location}-{self.segment}-{device}.wav"
+
+    @property
+    def identifier(self) -> str:
+        return f"{self.city}-{self.location}"
+
+
+def _plan(
+    seed: int, cities: int, locations_per_city: int, segments_per_location: int
+) -> list[_Segment]:
+    """All base segments with their fold and recording devices, in a fixed order."""
+    city_names = CITIES[:cities]
+    n_locations = cities * locations_per_city
+    n_eval = min(n_locations - 1, max(1, round(EVALUATE_SHARE * n_locations)))
+    evaluate: set[tuple[str, str, int]] = set()
+    for scene in SCENES:
+        # Spread each scene's evaluate locations over as many cities as possible, so that
+        # per-city accuracies exist, while keeping whole locations in one fold.
+        rng = np.random.default_rng(derive_seed(seed, "synth", "folds", scene))
+        order = [city_names[i] for i in rng.permutation(cities)]
+        slots = [rng.permutation(locations_per_city) for _ in city_names]
+        for k in range(n_eval):
+            evaluate.add((scene, order[k % cities], int(slots[k % cities][k // cities])))
+
+    # Location and segment ids are numbered over the full city list, so a clip's name (and
+    # with it its audio) does not change when fewer cities are generated.
+    segments: list[_Segment] = []
+    for s, scene in enumerate(SCENES):
+        for c, city in enumerate(city_names):
+            for loc in range(locations_per_city):
+                fold = "evaluate" if (scene, city, loc) in evaluate else "train"
+                devices = DEVICES if fold == "evaluate" else ("a",)
+                location_id = s * locations_per_city + loc
+                first = ((s * len(CITIES) + c) * locations_per_city + loc) * segments_per_location
+                for k in range(first, first + segments_per_location):
+                    segments.append(_Segment(scene, city, str(location_id), str(k), fold, devices))
+
+    # Training: every segment by A, a few also by one of the other seen devices.
+    train = [i for i, seg in enumerate(segments) if seg.fold == "train"]
+    per_device = max(1, round(TRAIN_EXTRA_SHARE * len(train)))
+    extra: dict[int, list[str]] = {}
+    for device in SEEN_DEVICES[1:]:
+        rng = np.random.default_rng(derive_seed(seed, "synth", "train-devices", device))
+        for i in rng.choice(train, size=min(per_device, len(train)), replace=False):
+            extra.setdefault(int(i), []).append(device)
+    for i, devices in extra.items():
+        seg = segments[i]
+        ordered = tuple(d for d in DEVICES if d == "a" or d in devices)
+        segments[i] = _Segment(seg.scene, seg.city, seg.location, seg.segment, seg.fold, ordered)
+    return segments
+
+
+def _summarise(plan: list[_Segment]) -> dict[str, Any]:
+    folds: dict[str, Any] = {}
+    for fold in ("train", "evaluate"):
+        segs = [s for s in plan if s.fold == fold]
+        devices = {d: sum(d in s.devices for s in segs) for d in DEVICES}
+        folds[fold] = {
+            "clips": sum(devices.values()),
+            "segments": len(segs),
+            "locations": len({(s.scene, s.identifier) for s in segs}),
+            "devices": devices,
+        }
+    return {
+        "clips": folds["train"]["clips"] + folds["evaluate"]["clips"],
+        "segments": len(plan),
+        "folds": folds,
+    }
+
+
+def _write_tables(root: Path, plan: list[_Segment]) -> None:
+    rows = sorted(
+        (seg.filename(d), seg.scene, seg.identifier, d, seg.fold)
+        for seg in plan
+        for d in seg.devices
+    )
+    (root / "evaluation_setup").mkdir()
+    _write_tsv(root / META_FILE, META_COLUMNS, [r[:4] for r in rows])
+    for fold in ("train", "evaluate"):
+        rel, columns = FOLD_FILES[fold]
+        _write_tsv(root / rel, columns, [r[:2] for r in rows if r[4] == fold])
+    rel, columns = FOLD_FILES["test"]
+    _write_tsv(root / rel, columns, [r[:1] for r in rows if r[4] == "evaluate"])
+
+
+def _write_tsv(path: Path, columns: list[str], rows: list[tuple[str, ...]]) -> None:
+    # Written by hand, not with pandas, so the bytes match the real files: tabs, no quoting.
+    lines = ["\t".join(columns)] + ["\t".join(r) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Audio
+# --------------------------------------------------------------------------------------------
+
+
+def _write_audio(
+    root: Path,
+    plan: list[_Segment],
+    seed: int,
+    sr: int,
+    clip_seconds: float,
+    log: logging.Logger,
+) -> None:
+    n = int(round(clip_seconds * sr))
+    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    devices = {d: _Device(seed, d, freqs, sr) for d in DEVICES}
+    (root / "audio").mkdir()
+    total = sum(len(s.devices) for s in plan)
+    progress = Progress(total, "clips", log)
+    pending = 0
+    location_cache: dict[tuple[str, str], np.ndarray] = {}
+    for seg in plan:
+        key = (seg.scene, seg.identifier)
+        if key not in location_cache:
+            location_cache.clear()  # the plan is location-major: one location at a time
+            location_cache[key] = _location_response(seed, seg, freqs, sr, n)
+        spectrum = _scene_spectrum(seed, seg, freqs, sr, n) * location_cache[key]
+        for device in seg.devices:
+            rng = np.random.default_rng(derive_seed(seed, "synth", "clip", seg.filename(device)))
+            audio = devices[device].record(spectrum, n, rng)
+            pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+            # libsndfile writes small blocks straight to disk; one write of the bytes is 10x faster.
+            buffer = io.BytesIO()
+            sf.write(buffer, pcm, sr, subtype="PCM_16", format="WAV")
+            (root / seg.filename(device)).write_bytes(buffer.getvalue())
+            pending += 1
+        if pending >= max(1, total // 20):
+            progress.update(pending)
+            pending = 0
+    if pending:
+        progress.update(pending)
+
+
+def _log_axis(freqs: np.ndarray) -> np.ndarray:
+    """Frequency mapped to [0, 1] over 20 Hz - 20 kHz, independent of the sample rate."""
+    return np.log2(np.clip(freqs, 20.0, 20000.0) / 20.0) / np.log2(1000.0)
+
+
+def _smooth_curve_db(rng: np.random.Generator, freqs: np.ndarray, scale_db: float, terms: int):
+    """A random smooth curve on a log-frequency axis, standard deviation about `scale_db`."""
+    k = np.arange(1, terms + 1)
+    amp = rng.normal(0.0, scale_db * np.sqrt(2.0 / terms), terms)
+    phase = rng.uniform(0, 2 * np.pi, terms)
+    # Smooth by construction, so 512 points on the log axis and interpolation lose nothing.
+    grid = np.linspace(0.0, 1.0, 512)
+    curve = (amp[:, None] * np.cos(np.pi * k[:, None] * grid[None, :] + phase[:, None])).sum(0)
+    return np.interp(_log_axis(freqs), grid, curve)
+
+
+def _band_limit(freqs: np.ndarray, highpass: float, lowpass: float, order: int) -> np.ndarray:
+    f = np.maximum(freqs, 1e-3)
+    return 1.0 / np.sqrt(
+        (1.0 + (highpass / f) ** (2 * order)) * (1.0 + (f / lowpass) ** (2 * order))
+    )
+
+
+def _location_response(seed: int, seg: _Segment, freqs: np.ndarray, sr: int, n: int) -> np.ndarray:
+    """City and location colouration times a noise-like room response (its own reverb tail)."""
+    city_rng = np.random.default_rng(derive_seed(seed, "synth", "city", seg.city))
+    rng = np.random.default_rng(derive_seed(seed, "synth", "location", seg.scene, seg.identifier))
+    colour_db = _smooth_curve_db(city_rng, freqs, CITY_DB, 4) + _smooth_curve_db(
+        rng, freqs, LOCATION_DB, 5
+    )
+    model = SCENE_MODELS[seg.scene]
+    rt60 = model.rt60 * float(np.exp(rng.normal(0.0, 0.3)))
+    wet = model.wet * float(np.exp(rng.normal(0.0, 0.3)))
+    length = min(n, int(rt60 * sr))
+    t = np.arange(length) / sr
+    tail = rng.standard_normal(length) * np.exp(-6.91 * t / rt60)
+    tail *= np.sqrt(wet / (np.sum(tail**2) + _EPS))
+    tail[0] += 1.0  # direct sound
+    # Circular convolution: the scene is stationary, so the tail that wraps to the start is
+    # what the preceding seconds would have left there anyway.
+    return np.fft.rfft(tail, n) * 10.0 ** (colour_db / 20.0)
+
+
+def _scene_spectrum(seed: int, seg: _Segment, freqs: np.ndarray, sr: int, n: int) -> np.ndarray:
+    """Spectrum of one base segment at the microphone position, before any device."""
+    rng = np.random.default_rng(
+        derive_seed(seed, "synth", "segment", seg.scene, seg.identifier, seg.segment)
+    )
+    model = SCENE_MODELS[seg.scene]
+    t = np.arange(n) / sr
+    # Background texture: Gaussian noise shaped by the class envelope, jittered per clip so
+    # that neighbouring classes overlap.
+    logf = np.log2(np.maximum(freqs, 20.0) / 1000.0)
+    env_db = (model.tilt + rng.normal(0.0, 0.8 * CLIP_JITTER)) * logf
+    for centre, width, gain in model.bumps:
+        c = np.log2(centre / 1000.0) + rng.normal(0.0, 0.35 * CLIP_JITTER)
+        env_db += (gain + rng.normal(0.0, 3.0 * CLIP_JITTER)) * np.exp(
+            -0.5 * ((logf - c) / width) ** 2
+        )
+    env_db += _smooth_curve_db(rng, freqs, 2.0 * CLIP_JITTER, 6)
+    env = 10.0 ** (env_db / 20.0) * (freqs >= 15.0)
+    white = rng.standard_normal(freqs.size) + 1j * rng.standard_normal(freqs.size)
+    background = np.fft.irfft(white * env, n)
+    depth, max_rate = model.am
+    background *= _slow_modulation(rng, t, depth * rng.uniform(0.5, 1.5), max_rate)
+    background /= _rms(background)
+
+    # Location-fixed stationary tones (ventilation, transformers) are part of the place.
+    loc_rng = np.random.default_rng(
+        derive_seed(seed, "synth", "location-tone", seg.scene, seg.identifier)
+    )
+    if loc_rng.uniform() < 0.5:
+        f0 = loc_rng.uniform(50.0, 1000.0)
+        level = 10.0 ** (loc_rng.uniform(-24.0, -12.0) / 20.0)
+        background += level * np.sqrt(2) * np.sin(2 * np.pi * f0 * t + rng.uniform(0, 2 * np.pi))
+
+    prob, lo, hi, hum_db = model.hum
+    if rng.uniform() < prob:
+        hum = _hum(rng, t, rng.uniform(lo, hi), sr)
+        background += hum * 10.0 ** ((hum_db + rng.normal(0.0, 3.0)) / 20.0)
+
+    foreground = np.zeros(n)
+    rate_scale = float(np.exp(rng.normal(0.0, 0.4)))
+    for kind, rate in model.events.items():
+        count = rng.poisson(rate * rate_scale * n / sr)
+        for _ in range(count):
+            event = EVENTS[kind](rng, sr, model)
+            event = event[:n] / _rms(event) * 10.0 ** (rng.uniform(-6.0, 6.0) / 20.0)
+            start = int(rng.integers(0, n))
+            stop = min(n, start + event.size)
+            foreground[start:stop] += event[: stop - start]
+            foreground[: event.size - (stop - start)] += event[stop - start :]  # wrap around
+    mix = background
+    if np.any(foreground):
+        snr_db = rng.uniform(*model.snr)
+        mix = background + foreground / _rms(foreground) * 10.0 ** (snr_db / 20.0)
+    level_dbfs = rng.uniform(-38.0, -24.0)  # headroom: full-scale clipping stays rare
+    mix *= 10.0 ** (level_dbfs / 20.0) / _rms(mix)
+    return np.fft.rfft(mix)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x**2)) + _EPS)
+
+
+def _slow_modulation(rng: np.random.Generator, t: np.ndarray, depth: float, max_rate: float):
+    rates = rng.uniform(0.05, max_rate, 3)
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    # A few Hz at most: evaluate on a coarse grid (every 10 ms) and interpolate.
+    coarse = np.linspace(t[0], t[-1], max(2, int((t[-1] - t[0]) * 100) + 2))
+    wobble = np.sin(2 * np.pi * rates[:, None] * coarse[None, :] + phases[:, None]).mean(0)
+    return np.maximum(1.0 + depth * np.interp(t, coarse, wobble) * np.sqrt(3.0), 0.05)
+
+
+def _envelope(length: int, attack: int, release: int) -> np.ndarray:
+    env = np.ones(length)
+    attack, release = max(1, min(attack, length // 2)), max(1, min(release, length // 2))
+    env[:attack] = np.linspace(0.0, 1.0, attack)
+    env[length - release :] = np.linspace(1.0, 0.0, release)
+    return env
+
+
+def _harmonics(phase: np.ndarray, amps: np.ndarray) -> np.ndarray:
+    """Sum of a_k sin(k phase); powers of exp(i phase) cost far less than K sines."""
+    z = np.exp(1j * phase)
+    zk = z.copy()
+    out = amps[0] * z.imag
+    for a in amps[1:]:
+        zk *= z
+        if a > 1e-3:
+            out += a * zk.imag
+    return out
+
+
+def _hum(rng: np.random.Generator, t: np.ndarray, f0: float, sr: int) -> np.ndarray:
+    """Engine or motor: a harmonic series whose pitch and level drift slowly."""
+    drift = 1.0 + rng.uniform(0.02, 0.12) * np.sin(
+        2 * np.pi * rng.uniform(0.1, 1.0) * t + rng.uniform(0, 2 * np.pi)
+    )
+    phase = 2 * np.pi * np.cumsum(f0 * drift) / sr
+    count = max(1, min(10, int(0.45 * sr / (f0 * 1.15))))
+    amps = rng.uniform(0.3, 1.0, count) / np.arange(1, count + 1) ** rng.uniform(0.5, 1.5)
+    hum = _harmonics(phase, amps) * _slow_modulation(rng, t, 0.4, 0.5)
+    return hum / _rms(hum)
+
+
+def _beep(rng: np.random.Generator, sr: int, model: _Scene) -> np.ndarray:
+    """Chimes, announcement tones, door signals: one to three notes with a few harmonics."""
+    notes = []
+    for _ in range(int(rng.integers(1, 4))):
+        length = int(rng.uniform(0.08, 0.35) * sr)
+        f0 = min(rng.uniform(*model.beep), 0.2 * sr)
+        phase = 2 * np.pi * f0 * np.arange(length) / sr
+        amps = np.array([1.0, rng.uniform(0, 0.5), rng.uniform(0, 0.3)])
+        decay = np.exp(-np.arange(length) / (sr * rng.uniform(0.05, 0.4)))
+        notes.append(_harmonics(phase, amps) * decay * _envelope(length, sr // 200, sr // 100))
+    return np.concatenate(notes)
+
+
+def _click(rng: np.random.Generator, sr: int, model: _Scene) -> np.ndarray:
+    """Footsteps, rail joints, cutlery: short decaying bursts, sometimes in pairs."""
+    length = int(rng.uniform(0.005, 0.03) * sr)
+    burst = rng.standard_normal(length) * np.exp(
+        -np.arange(length) / (sr * rng.uniform(1, 6) / 1e3)
+    )
+    if rng.uniform() < 0.5:
+        burst = np.diff(burst, prepend=0.0)  # bright (hard surfaces) rather than dull
+    if rng.uniform() < 0.4:
+        gap = np.zeros(int(rng.uniform(0.08, 0.25) * sr))
+        burst = np.concatenate([burst, gap, burst * rng.uniform(0.5, 1.0)])
+    return burst
+
+
+def _speech(rng: np.random.Generator, sr: int, model: _Scene) -> np.ndarray:
+    """A few syllables: a glottal harmonic series shaped by moving formants."""
+    f0 = rng.uniform(90.0, 240.0)
+    parts = []
+    for _ in range(int(rng.integers(2, 7))):
+        length = int(rng.uniform(0.08, 0.25) * sr)
+        contour = f0 * (1.0 + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, length))
+        phase = 2 * np.pi * np.cumsum(contour) / sr
+        count = max(1, int(min(4000.0, 0.45 * sr) / (f0 * 1.15)))
+        k = np.arange(1, count + 1) * f0
+        formants = (rng.uniform(300, 850), rng.uniform(850, 2400), rng.uniform(2300, 3300))
+        widths = (90.0, 140.0, 200.0)
+        amps = sum(
+            g * np.exp(-0.5 * ((k - f) / w) ** 2)
+            for f, w, g in zip(formants, widths, (1.0, 0.6, 0.3), strict=True)
+        )
+        syllable = _harmonics(phase, amps + 0.02) * np.hanning(length)
+        if rng.uniform() < 0.25:  # a fricative: bright noise
+            noise = np.diff(rng.standard_normal(length // 2), prepend=0.0)
+            syllable[: noise.size] += 0.3 * noise * np.hanning(noise.size) * _rms(syllable)
+        parts += [syllable, np.zeros(int(rng.uniform(0.02, 0.1) * sr))]
+    return np.concatenate(parts)
+
+
+def _chirp(rng: np.random.Generator, sr: int, model: _Scene) -> np.ndarray:
+    """Bird song: a trill of short frequency sweeps between 2 and 7 kHz."""
+    top = min(7000.0, 0.45 * sr)
+    parts = []
+    for _ in range(int(rng.integers(2, 7))):
+        length = int(rng.uniform(0.03, 0.12) * sr)
+        sweep = np.linspace(rng.uniform(2000.0, top), rng.uniform(2000.0, top), length)
+        parts.append(np.sin(2 * np.pi * np.cumsum(sweep) / sr) * np.hanning(length))
+        parts.append(np.zeros(int(rng.uniform(0.02, 0.12) * sr)))
+    return np.concatenate(parts)
+
+
+def _whoosh(rng: np.random.Generator, sr: int, model: _Scene) -> np.ndarray:
+    """A passing vehicle or train, or a gust: band-limited noise that swells and fades."""
+    length = next_fast_len(int(rng.uniform(0.4, 1.5) * sr), real=True)  # no slow prime FFTs
+    freqs = np.fft.rfftfreq(length, 1.0 / sr)
+    centre = np.log2(rng.uniform(100.0, 1500.0))
+    shape = np.exp(
+        -0.5 * ((np.log2(np.maximum(freqs, 20.0)) - centre) / rng.uniform(0.7, 1.5)) ** 2
+    )
+    noise = np.fft.irfft(np.fft.rfft(rng.standard_normal(length)) * shape, length)
+    return noise * np.hanning(length) ** rng.uniform(0.5, 2.0)
+
+
+def _squeal(rng: np.random.Generator, sr: int, model: _Scene) -> np.ndarray:
+    """Brake or wheel squeal: a high tone with vibrato."""
+    length = int(rng.uniform(0.2, 0.9) * sr)
+    t = np.arange(length) / sr
+    f0 = min(rng.uniform(1500.0, 4500.0), 0.2 * sr)
+    vibrato = 1.0 + 0.01 * np.sin(2 * np.pi * rng.uniform(4.0, 10.0) * t)
+    phase = 2 * np.pi * np.cumsum(f0 * vibrato) / sr
+    amps = np.array([1.0, rng.uniform(0.0, 0.4)])
+    return _harmonics(phase, amps) * _envelope(length, sr // 20, sr // 10)
+
+
+EVENTS: dict[str, Callable[[np.random.Generator, int, _Scene], np.ndarray]] = {
+    "beep": _beep,
+    "click": _click,
+    "speech": _speech,
+    "chirp": _chirp,
+    "whoosh": _whoosh,
+    "squeal": _squeal,
+}
+
+
+class _Device:
+    """One recording device: fixed frequency response, band limits, noise and non-linearity."""
+
+    def __init__(self, seed: int, name: str, freqs: np.ndarray, sr: int):
+        spec = DEVICE_MODELS[name]
+        rng = np.random.default_rng(derive_seed(seed, "synth", "device", name))
+        highpass = rng.uniform(*spec.highpass)
+        lowpass = rng.uniform(*spec.lowpass)
+        eq_db = _smooth_curve_db(rng, freqs, spec.eq_db, 6)
+        if name != "a":  # a small-capsule resonance, as phones have
+            centre = np.log2(rng.uniform(1500.0, 5000.0))
+            peak = np.exp(-0.5 * ((np.log2(np.maximum(freqs, 20.0)) - centre) / 0.3) ** 2)
+            eq_db += rng.uniform(0.3, 0.8) * spec.eq_db * peak
+        self.response = 10.0 ** (eq_db / 20.0) * _band_limit(freqs, highpass, lowpass, spec.order)
+        self.response *= 10.0 ** (rng.uniform(-1.0, 1.0) * spec.gain_db / 20.0)
+        self.noise_std = 10.0 ** (rng.uniform(*spec.noise_dbfs) / 20.0)
+        # Self-noise is pinkish and passes through the device's own electronics roll-off.
+        tilt = 10.0 ** (rng.uniform(-3.0, 0.0) * np.log2(np.maximum(freqs, 20.0) / 1000.0) / 20.0)
+        self.noise_shape = tilt * _band_limit(freqs, 20.0, lowpass, spec.order)
+        self.noise_shape /= np.sqrt(np.mean(self.noise_shape**2)) + _EPS
+        self.drive = 10.0 ** (spec.drive_db / 20.0) if spec.drive_db > 0 else 0.0
+
+    def record(self, spectrum: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        noise = rng.standard_normal(spectrum.size) + 1j * rng.standard_normal(spectrum.size)
+        noise *= self.noise_std * np.sqrt(n / 2.0) * self.noise_shape
+        audio = np.fft.irfft(spectrum * self.response + noise, n)
+        if self.drive:
+            # Automatic gain control / cheap preamp: soft clipping above 1/drive of full scale.
+            audio = np.tanh(audio * self.drive) / self.drive
+        return audio
