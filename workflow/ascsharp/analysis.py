@@ -538,19 +538,25 @@ def _run_of(path: Path, prefix: str) -> str:
     return text[start:].removesuffix(".json")
 
 
+def subset_runs(summary: pd.DataFrame, subset: str) -> pd.DataFrame:
+    """The rows of summary.tsv that enter the correlations of `subset` (see SUBSETS)."""
+    converged = summary["converged"].astype(bool)
+    excluded = summary["excluded"].astype(bool)
+    keep = {"headline": converged & ~excluded, "with_excluded": converged}.get(subset)
+    if subset == "all_runs":
+        return summary
+    if keep is None:
+        raise ValueError(f"unknown subset {subset!r}: expected one of {SUBSETS}")
+    return summary[keep]
+
+
 def run_correlations(summary: pd.DataFrame, *, n_boot: int, seed: int) -> pd.DataFrame:
     """correlations.tsv for the workflow's runs: every sharpness variant x target x subset."""
     measures = [c for c in summary.columns if c.startswith("sharpness_") and c.endswith("_mean")]
     measures = ["mean_sharpness", "max_sharpness", *measures]
     measures = [m for m in measures if m in summary.columns and summary[m].notna().any()]
     targets = [t for t in RUN_TARGETS if t in summary.columns and summary[t].notna().any()]
-    converged = summary["converged"].astype(bool)
-    excluded = summary["excluded"].astype(bool)
-    subsets = {
-        "headline": summary[converged & ~excluded],
-        "with_excluded": summary[converged],
-        "all_runs": summary,
-    }
+    subsets = {name: subset_runs(summary, name) for name in SUBSETS}
     tables = []
     for name, df in subsets.items():
         if len(df) < 3:

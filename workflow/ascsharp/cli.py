@@ -396,14 +396,18 @@ def _figures_args(p):
 def _figures(args):
     import pandas as pd
 
+    from .analysis import SUBSETS, subset_runs
     from .figures import correlation_heatmap, device_facets, scatter_sharpness
 
     summary = pd.read_csv(args.summary, sep="\t")
-    headline = summary[summary["converged"].astype(bool) & ~summary["excluded"].astype(bool)]
     corr = pd.read_csv(args.correlations, sep="\t")
-    scatter_sharpness(headline, "mean_sharpness", out_png=args.scatter)
-    device_facets(headline, "mean_sharpness", args.devices)
-    correlation_heatmap(corr[corr["subset"] == "headline"], args.heatmap)
+    # The headline subset when it has enough runs for correlations, else the next larger one.
+    subset = next(s for s in SUBSETS if s in set(corr["subset"]))
+    runs = subset_runs(summary, subset)
+    title = f"{len(runs)} runs ({subset})"
+    scatter_sharpness(runs, "mean_sharpness", out_png=args.scatter, title=title)
+    device_facets(runs, "mean_sharpness", args.devices)
+    correlation_heatmap(corr[corr["subset"] == subset], args.heatmap)
 
 
 _figures.arguments = _figures_args
