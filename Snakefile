@@ -19,6 +19,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
@@ -26,6 +29,19 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/landscape.smk"
 include: "workflow/rules/sharpness.smk"
 include: "workflow/rules/analysis.smk"
+
+
+# Cheap steps run on the submit host under --profile slurm instead of queueing as jobs.
+localrules:
+    all,
+    validation_split,
+    directions,
+    gather,
+    sharpness,
+    summarize,
+    correlations,
+    figures,
+    paper_table,
 
 
 rule all:

@@ -54,3 +54,17 @@ def feature_store(tmp_path: Path) -> Path:
 def _one_thread():
     # The CI machine has 2 cores; parallel BLAS in tiny tests only adds noise.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The whole DAG on the tiny config, run once locally (also the Slurm test's reference).
+
+    --cores 4 gives every job the thread count it gets as a Slurm job (cpus_per_task =
+    threads), so CPU results can be compared bit for bit.
+    """
+    from workflow_run import TINY, copy_project, snakemake
+
+    work = copy_project(tmp_path_factory.mktemp("tiny"))
+    snakemake(work, "--cores", "4", "--configfile", str(TINY))
+    return work

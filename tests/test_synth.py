@@ -285,7 +285,7 @@ def test_learnable_at_16khz(tmp_path: Path):
 
 @pytest.mark.slow
 def test_learnable_with_default_parameters(tmp_path: Path):
-    """The issue's check on the exact default set (44.1 kHz, 2 s; about a minute on one core)."""
+    """The issue's check on the exact default set: 44.1 kHz, 2 s (20-40 s on a shared CPU)."""
     root = tmp_path / "set"
     generate_dataset(root, seed=42)
     check_learnable(linear_probe(root))

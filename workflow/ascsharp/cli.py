@@ -428,9 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = getattr(args, "threads", None)
     if threads:
+        import os
+
         import torch
 
-        torch.set_num_threads(threads)
+        # Never more threads than CPUs this process may use: `--cores 8` on a 2-core laptop
+        # would otherwise oversubscribe every job and slow the whole run down.
+        torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:

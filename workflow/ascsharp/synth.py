@@ -44,10 +44,14 @@ from ascsharp.seeds import derive_seed
 
 MARKER = ".ascsharp-synthetic.json"
 # Bump whenever the signal model changes, so an old set on disk is not mistaken for a new one.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 EVALUATE_SHARE = 0.3  # of each scene's locations, as in the location-disjoint real fold1
 # Real fold1_train: 10,215 A clips and about 750 clips of each of B, C, S1-S3.
 TRAIN_EXTRA_SHARE = 750 / 10215
+# Evaluate locations keep this share of their segments. Each evaluate segment is recorded by all
+# nine devices (as in the real fold1_evaluate), so with equal segment counts the evaluate fold
+# would outgrow the train fold; the real set has 2,968 evaluate clips against 13,962 train clips.
+EVALUATE_SEGMENT_SHARE = 0.25
 _EPS = 1e-12
 # Nuisance variation, tuned so that a linear model on log-mel statistics is well above chance
 # but far from perfect (see tests/test_synth.py).
@@ -375,10 +379,13 @@ def _plan(
                 devices = DEVICES if fold == "evaluate" else ("a",)
                 location_id = s * locations_per_city + loc
                 first = ((s * len(CITIES) + c) * locations_per_city + loc) * segments_per_location
-                for k in range(first, first + segments_per_location):
+                kept = segments_per_location
+                if fold == "evaluate":
+                    kept = max(1, round(EVALUATE_SEGMENT_SHARE * segments_per_location))
+                for k in range(first, first + kept):
                     segments.append(_Segment(scene, city, str(location_id), str(k), fold, devices))
 
-    # Training: every segment by A, a few also by one of the other seen devices.
+    # Training: every segment by A; each other seen device also records a random ~7 % of them.
     train = [i for i, seg in enumerate(segments) if seg.fold == "train"]
     per_device = max(1, round(TRAIN_EXTRA_SHARE * len(train)))
     extra: dict[int, list[str]] = {}

@@ -73,6 +73,7 @@ def all_targets():
         "results/analysis/summary.tsv",
         "results/analysis/correlations.tsv",
         "results/analysis/figures/scatter.png",
+        "results/paper/correlations.tsv",
         *expand("results/sharpness/{run}.json", run=RUN_IDS),
         *figures,
     ]
