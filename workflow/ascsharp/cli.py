@@ -324,14 +324,14 @@ def _paper_table_args(p):
 
 @command("paper-table", "correlations of the paper's published table (reproduces r = 0.412)")
 def _paper_table(args):
-    from .analysis import paper_table
+    from .analysis import paper_table, read_paper_table
 
-    df = paper_table(args.csv, args.out)
+    paper_table(args.csv, args.out)
     if args.figures:
         from .figures import scatter_sharpness
 
         scatter_sharpness(
-            df,
+            read_paper_table(args.csv),
             "mean_sharpness",
             out_png=args.out / "figures" / "scatter.png",
             title="Published table (Milling et al., 2024)",

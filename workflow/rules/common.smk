@@ -49,6 +49,11 @@ def shards_of(wildcards):
     )
 
 
+def memory_mb(wildcards, input):
+    """Jobs hold their feature stores in memory: size them from the inputs, plus torch itself."""
+    return int(2000 + 1.5 * input.size_mb)
+
+
 def grid_args():
     x, y = LAND["x"], LAND["y"]
     return f"--x {x['min']} {x['max']} {x['num']} --y {y['min']} {y['max']} {y['num']}"

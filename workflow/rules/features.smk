@@ -16,7 +16,7 @@ rule features:
         "../../envs/ascsharp.yaml"
     threads: 8
     resources:
-        mem_mb=8000,
+        mem_mb=4000,
     params:
         fold=lambda w: FOLD_OF_STORE[w.store],
         audio=config["dataset"],

@@ -35,7 +35,7 @@ rule landscape_shard:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=memory_mb,
     params:
         land=LAND,
         grid=grid_args(),

@@ -20,7 +20,7 @@ rule train:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=memory_mb,
     params:
         train=config["train"],
         width=config["model"]["width"],
