@@ -58,13 +58,9 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """The whole DAG on the tiny config, run once locally (also the Slurm test's reference).
-
-    --cores 4 gives every job the thread count it gets as a Slurm job (cpus_per_task =
-    threads), so CPU results can be compared bit for bit.
-    """
+    """The whole DAG on the tiny config, run once locally (also the Slurm test's reference)."""
     from workflow_run import TINY, copy_project, snakemake
 
     work = copy_project(tmp_path_factory.mktemp("tiny"))
-    snakemake(work, "--cores", "4", "--configfile", str(TINY))
+    snakemake(work, "--cores", "2", "--configfile", str(TINY))
     return work

@@ -19,7 +19,6 @@ from ascsharp.features import (
     extract_split,
     load_audio,
     load_features,
-    to_tensors,
 )
 from ascsharp.meta import CLIP_COLUMNS, SCENES, DatasetError, clip_table
 
@@ -321,20 +320,6 @@ def test_load_features_checks_agreement(tmp_path):
         load_features(npy, tsv)
     with pytest.raises(ValueError, match="missing"):
         load_features(tmp_path / "nope.npy", tsv)
-
-
-def test_to_tensors_layout_and_labels():
-    table = clip_table(["audio/tram-lyon-1-2-a.wav", "audio/airport-paris-3-4-s5.wav"])
-    features = np.arange(2 * 64 * 5, dtype=np.float16).reshape(2, 64, 5)
-    x, y = to_tensors(features, table, "cpu")
-    assert x.dtype == torch.float32 and x.shape == (2, 64, 5)
-    np.testing.assert_array_equal(x.numpy(), features.astype(np.float32))
-    assert y.dtype == torch.int64 and y.tolist() == [SCENES.index("tram"), SCENES.index("airport")]
-    with pytest.raises(ValueError, match="'beach'"):
-        to_tensors(features, table.assign(scene=["tram", "beach"]), "cpu")
-
-
-# ----------------------------------------------------------------------------- validation split
 
 
 def location_table(seed: int = 0) -> pd.DataFrame:

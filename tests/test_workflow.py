@@ -65,7 +65,7 @@ def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
                     "--config", f"dataset={{'root': '{data}'}}").stdout  # fmt: skip
     counts = _job_counts(out)
     assert counts["train"] == 46
-    assert counts["landscape_shard"] == 46 * 3 * 11
+    assert counts["landscape_shard"] == 46 * 3 * 4
     assert "synthesize" not in counts
 
 

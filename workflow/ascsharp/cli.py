@@ -12,14 +12,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+Handler = Callable[[argparse.Namespace], None]
+Arguments = Callable[[argparse.ArgumentParser], None]
+COMMANDS: dict[str, tuple[str, Arguments, Handler]] = {}
 
 
-def command(name: str, help: str):
-    """Register `fn(args)` as subcommand `name`; `fn.arguments(parser)` declares its options."""
+def command(name: str, help: str, arguments: Arguments):
+    """Register `fn(args)` as subcommand `name`, with `arguments(parser)` declaring its options."""
 
-    def wrap(fn):
-        COMMANDS[name] = (help, fn)
+    def wrap(fn: Handler) -> Handler:
+        COMMANDS[name] = (help, arguments, fn)
         return fn
 
     return wrap
@@ -59,7 +61,9 @@ def _synth_args(p):
     p.add_argument("--segments-per-location", type=int, default=2)
 
 
-@command("synth", "generate the embedded synthetic data set in the DCASE2020 Task 1A layout")
+@command(
+    "synth", "generate the embedded synthetic data set in the DCASE2020 Task 1A layout", _synth_args
+)
 def _synth(args):
     from .synth import generate_dataset
 
@@ -73,9 +77,6 @@ def _synth(args):
         segments_per_location=args.segments_per_location,
     )
     print(json.dumps(summary, default=str))
-
-
-_synth.arguments = _synth_args
 
 
 def _features_args(p):
@@ -95,25 +96,41 @@ def _features_args(p):
     _mel_arguments(p)
 
 
-@command("features", "validate the data set, then extract one fold's log-mels into one array")
+@command(
+    "features",
+    "validate the data set, then extract one fold's log-mels into one array",
+    _features_args,
+)
 def _features(args):
     from .features import extract_split
     from .meta import validate_dataset
 
+    from dataclasses import asdict
+
+    from .io import provenance, write_json
+
     folds = validate_dataset(args.root, args.audio_sample_rate, args.clip_seconds)
+    mel = _mel_config(args)
     extract_split(
         args.root,
         folds[args.fold],
         args.out_npy,
         args.out_tsv,
-        _mel_config(args),
+        mel,
         dtype=args.dtype,
         threads=args.threads,
         clip_seconds=args.clip_seconds,
     )
-
-
-_features.arguments = _features_args
+    # Self-describing store: what was extracted from where, with which settings and code.
+    write_json(args.out_npy.with_suffix(".json"), {
+        "dataset_root": str(args.root),
+        "fold": args.fold,
+        "clips": len(folds[args.fold]),
+        "dtype": args.dtype,
+        "clip_seconds": args.clip_seconds,
+        "mel": asdict(mel),
+        "provenance": provenance(),
+    })  # fmt: skip
 
 
 def _holdout_args(p):
@@ -123,7 +140,9 @@ def _holdout_args(p):
     p.add_argument("--out", type=Path, required=True, help="validation.tsv")
 
 
-@command("holdout", "choose the location-disjoint validation hold-out of fold1_train")
+@command(
+    "holdout", "choose the location-disjoint validation hold-out of fold1_train", _holdout_args
+)
 def _holdout(args):
     import pandas as pd
 
@@ -133,9 +152,6 @@ def _holdout(args):
     table = pd.read_csv(args.index, sep="\t")
     held = assign_validation(table, args.fraction, args.seed)
     write_table(args.out, table.loc[held.to_numpy(), ["filename", "scene", "location", "device"]])
-
-
-_holdout.arguments = _holdout_args
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -153,7 +169,9 @@ def _train_args(p):
     _mel_arguments(p)
 
 
-@command("train", "train one grid run; resumes from its last epoch checkpoint if killed")
+@command(
+    "train", "train one grid run; resumes from its last epoch checkpoint if killed", _train_args
+)
 def _train(args):
     from dataclasses import asdict
 
@@ -168,9 +186,6 @@ def _train(args):
         converged_min_train_accuracy=args.converged_min_train_accuracy,
     )
     train(args.features, args.run, args.out_dir, settings, asdict(_mel_config(args)))
-
-
-_train.arguments = _train_args
 
 
 # --- landscapes -------------------------------------------------------------------------------
@@ -191,7 +206,11 @@ def _directions_args(p):
     p.add_argument("--out", type=Path, required=True)
 
 
-@command("directions", "draw two filter-normalised random directions for one model and seed")
+@command(
+    "directions",
+    "draw two filter-normalised random directions for one model and seed",
+    _directions_args,
+)
 def _directions(args):
     from .checkpoint import load_model
     from .landscape import make_directions, save_directions
@@ -199,9 +218,6 @@ def _directions(args):
     model, ckpt = load_model(args.model)
     dx, dy = make_directions(model, ckpt["run"], args.direction_seed)
     save_directions(args.out, dx, dy, {"run": ckpt["run"], "direction_seed": args.direction_seed})
-
-
-_directions.arguments = _directions_args
 
 
 def _shard_args(p):
@@ -218,7 +234,9 @@ def _shard_args(p):
     _grid_arguments(p)
 
 
-@command("landscape-shard", "evaluate one shard of a surface's grid points (resumable)")
+@command(
+    "landscape-shard", "evaluate one shard of a surface's grid points (resumable)", _shard_args
+)
 def _landscape_shard(args):
     from .landscape import evaluate_shard
 
@@ -236,9 +254,6 @@ def _landscape_shard(args):
     )
 
 
-_landscape_shard.arguments = _shard_args
-
-
 def _gather_args(p):
     p.add_argument("shards", type=Path, nargs="+", help="every shard~K.npz of one surface")
     p.add_argument("--out", type=Path, required=True, help="surface.h5")
@@ -246,16 +261,17 @@ def _gather_args(p):
     p.add_argument("--surface3d", type=Path, help="also plot a 3-D surface PNG here")
 
 
-@command("gather", "check a complete set of shards and write surface.h5 (loss-landscape format)")
+@command(
+    "gather",
+    "check a complete set of shards and write surface.h5 (loss-landscape format)",
+    _gather_args,
+)
 def _gather(args):
     from .landscape import gather, plot_surface
 
     gather(args.shards, args.out)
     if args.contour and args.surface3d:
         plot_surface(args.out, args.contour, args.surface3d, title=str(args.out.parent))
-
-
-_gather.arguments = _gather_args
 
 
 # --- sharpness --------------------------------------------------------------------------------
@@ -269,7 +285,11 @@ def _sharpness_args(p):
     p.add_argument("--json", action="store_true", help="print one JSON object (else a sentence)")
 
 
-@command("sharpness", "sharpness of one surface (paper: legacy-disk, grid-min, radius 0.25)")
+@command(
+    "sharpness",
+    "sharpness of one surface (paper: legacy-disk, grid-min, radius 0.25)",
+    _sharpness_args,
+)
 def _sharpness(args):
     from .sharpness import sharpness_from_h5
 
@@ -285,24 +305,22 @@ def _sharpness(args):
         )
 
 
-_sharpness.arguments = _sharpness_args
-
-
 def _run_sharpness_args(p):
     p.add_argument("surfaces", type=Path, nargs="+", help="direction_seed~D/surface.h5 of one run")
     p.add_argument("--radius", type=float, default=0.25)
     p.add_argument("--out", type=Path, required=True, help="results/sharpness/{run}.json")
 
 
-@command("run-sharpness", "every sharpness variant of one run, per direction seed and aggregated")
+@command(
+    "run-sharpness",
+    "every sharpness variant of one run, per direction seed and aggregated",
+    _run_sharpness_args,
+)
 def _run_sharpness(args):
     from .io import write_json
     from .sharpness import all_variants
 
     write_json(args.out, all_variants(_by_direction_seed(args.surfaces), radius=args.radius))
-
-
-_run_sharpness.arguments = _run_sharpness_args
 
 
 def _by_direction_seed(paths: list[Path]) -> dict[int, Path]:
@@ -322,7 +340,11 @@ def _paper_table_args(p):
     p.add_argument("--figures", action="store_true", help="also draw the figures into OUT/figures")
 
 
-@command("paper-table", "correlations of the paper's published table (reproduces r = 0.412)")
+@command(
+    "paper-table",
+    "correlations of the paper's published table (reproduces r = 0.412)",
+    _paper_table_args,
+)
 def _paper_table(args):
     from .analysis import paper_table, read_paper_table
 
@@ -338,9 +360,6 @@ def _paper_table(args):
         )
 
 
-_paper_table.arguments = _paper_table_args
-
-
 def _summarize_args(p):
     p.add_argument("--metrics", type=Path, nargs="+", required=True, help="every metrics.json")
     p.add_argument("--sharpness", type=Path, nargs="+", required=True, help="every sharpness JSON")
@@ -348,7 +367,11 @@ def _summarize_args(p):
     p.add_argument("--out", type=Path, required=True, help="summary.tsv")
 
 
-@command("summarize", "one row per run: hyperparameters, accuracies, every sharpness variant")
+@command(
+    "summarize",
+    "one row per run: hyperparameters, accuracies, every sharpness variant",
+    _summarize_args,
+)
 def _summarize(args):
     from .analysis import summary_from_files
     from .io import write_table
@@ -360,9 +383,6 @@ def _summarize(args):
     write_table(args.out, summary_from_files(args.metrics, args.sharpness, exclude))
 
 
-_summarize.arguments = _summarize_args
-
-
 def _correlate_args(p):
     p.add_argument("summary", type=Path, help="summary.tsv")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
@@ -370,7 +390,11 @@ def _correlate_args(p):
     p.add_argument("--out", type=Path, required=True, help="correlations.tsv")
 
 
-@command("correlate", "correlations of sharpness with accuracy, with and without excluded runs")
+@command(
+    "correlate",
+    "correlations of sharpness with accuracy, with and without excluded runs",
+    _correlate_args,
+)
 def _correlate(args):
     import pandas as pd
 
@@ -381,9 +405,6 @@ def _correlate(args):
     write_table(args.out, run_correlations(summary, n_boot=args.bootstrap, seed=args.seed))
 
 
-_correlate.arguments = _correlate_args
-
-
 def _figures_args(p):
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--correlations", type=Path, required=True)
@@ -392,7 +413,9 @@ def _figures_args(p):
     p.add_argument("--heatmap", type=Path, required=True)
 
 
-@command("figures", "sharpness-accuracy scatter, per-device facets, correlation heat map")
+@command(
+    "figures", "sharpness-accuracy scatter, per-device facets, correlation heat map", _figures_args
+)
 def _figures(args):
     import pandas as pd
 
@@ -410,15 +433,12 @@ def _figures(args):
     correlation_heatmap(corr[corr["subset"] == subset], args.heatmap)
 
 
-_figures.arguments = _figures_args
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ascsharp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, fn) in COMMANDS.items():
+    for name, (help_text, arguments, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        fn.arguments(p)
+        arguments(p)
         p.set_defaults(func=fn, _parser=p)
     return parser
 

@@ -32,7 +32,7 @@ import torch
 import torchaudio
 
 from ascsharp.io import atomic_path
-from ascsharp.meta import CLIP_COLUMNS, SCENES, DatasetError
+from ascsharp.meta import CLIP_COLUMNS, DatasetError
 from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed
 
@@ -307,26 +307,6 @@ def load_features(
         raise ValueError(f"{tsv}: 'row' column is not 0..{len(table) - 1} in order")
     table["seen"] = table["seen"].astype(bool)
     return features, table
-
-
-def to_tensors(
-    features: np.ndarray, table: pd.DataFrame, device: str | torch.device = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features as float32 (N, n_mels, frames) and scene labels as int64 (index into SCENES).
-
-    No channel axis is added: the model takes (B, n_mels, frames) exactly as stored and
-    reshapes for itself, so there is one layout on disk, in memory and at the model's input.
-    The copy is made in the stored dtype and cast on the device (half the host RAM for float16).
-    """
-    if len(features) != len(table):
-        raise ValueError(f"{len(features)} feature rows but {len(table)} table rows")
-    lookup = {s: i for i, s in enumerate(SCENES)}
-    unknown = sorted(set(table["scene"]) - set(lookup))
-    if unknown:
-        raise ValueError(f"unknown scene {unknown[0]!r}")
-    y = torch.tensor([lookup[s] for s in table["scene"]], dtype=torch.int64, device=device)
-    x = torch.from_numpy(np.array(features, copy=True)).to(device=device, dtype=torch.float32)
-    return x, y
 
 
 def assign_validation(table: pd.DataFrame, fraction: float, seed: int) -> pd.Series:

@@ -8,6 +8,7 @@ rule features:
     output:
         npy="results/features/{store}.npy",
         tsv="results/features/{store}.tsv",
+        about="results/features/{store}.json",
     log:
         "logs/features/{store}.log",
     benchmark:

@@ -32,7 +32,7 @@ rule landscape_shard:
         "benchmarks/landscape_shard/{run}/direction_seed~{direction_seed}/shard~{shard}.tsv"
     conda:
         "../../envs/ascsharp.yaml"
-    threads: 4
+    threads: 1
     resources:
         gpu=1,
         mem_mb=memory_mb,

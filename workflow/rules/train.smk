@@ -17,7 +17,7 @@ rule train:
         "benchmarks/train/{run}.tsv"
     conda:
         "../../envs/ascsharp.yaml"
-    threads: 4
+    threads: 1
     resources:
         gpu=1,
         mem_mb=memory_mb,
