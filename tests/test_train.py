@@ -102,3 +102,58 @@ def test_resume_checkpoint_of_another_run_is_refused(feature_store, tmp_path):
     torch.save({"run": "other", "settings": {}}, out / RESUME_FILE)
     with pytest.raises(ValueError, match="belongs to another run"):
         train(feature_store, RUN, out, SETTINGS)
+
+
+def test_truncated_or_foreign_model_file_is_refused_by_name(feature_store, tmp_path):
+    train(feature_store, RUN, tmp_path / "m", replace(SETTINGS, epochs=1))
+    good = (tmp_path / "m" / "model.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"truncated\.pt: not a readable checkpoint"):
+        checkpoint.load_model(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match=r"foreign\.pt: not an ascsharp model file"):
+        checkpoint.load_model(foreign)
+
+
+def test_kill_9_mid_training_then_rerun_equals_uninterrupted(feature_store, tmp_path):
+    """A real SIGKILL of `ascsharp train`; the rerun resumes and ends where a clean run ends."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    settings = replace(SETTINGS, epochs=6)
+    exe = str(Path(sys.executable).parent / "ascsharp")
+    cmd = [exe, "train", "--features", str(feature_store), "--run", RUN, "--epochs", "6",
+           "--width", str(settings.width), "--eval-batch-size", "32", "--threads", "1",
+           "--out-dir"]  # fmt: skip
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed_dir)], stderr=subprocess.PIPE, text=True)
+    resume_file = killed_dir / RESUME_FILE
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (
+            resume_file.exists()
+            and torch.load(resume_file, weights_only=True)["state"]["epoch"] >= 2
+        ):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "model.pt").exists() and resume_file.exists()
+
+    rerun = subprocess.run([*cmd, str(killed_dir)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr
+    clean = subprocess.run([*cmd, str(tmp_path / "clean")], capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    a = checkpoint.load(killed_dir / "model.pt")["state_dict"]
+    b = checkpoint.load(tmp_path / "clean" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    killed_metrics = json.loads((killed_dir / "metrics.json").read_text())
+    clean_metrics = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert killed_metrics["test"] == clean_metrics["test"]
