@@ -38,8 +38,9 @@ def test_snakemake_lint_is_clean(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _job_counts(output: str) -> dict[str, int]:
-    lines = output.split("Job stats:")[1].splitlines()[3:]
+def _job_counts(proc) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints (to stdout on a dry run, to stderr on a run)."""
+    lines = (proc.stdout + proc.stderr).split("Job stats:")[1].splitlines()[3:]
     counts = {}
     for line in lines:
         parts = line.split()
@@ -50,7 +51,7 @@ def _job_counts(output: str) -> dict[str, int]:
 
 
 def test_default_dry_run_lists_the_dag(tmp_path):
-    counts = _job_counts(snakemake(copy_project(tmp_path), "-n").stdout)
+    counts = _job_counts(snakemake(copy_project(tmp_path), "-n"))
     assert counts["train"] == 8
     assert counts["landscape_shard"] == 8 * 2 * 2  # runs x direction seeds x shards
     assert counts["gather"] == 16 and counts["sharpness"] == 8
@@ -62,7 +63,7 @@ def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
     data = work / "dcase"
     data.mkdir()  # the real data set would be here; a dry run only needs the folder
     out = snakemake(work, "-n", "--configfile", "workflow/presets/paper.yaml",
-                    "--config", f"dataset={{'root': '{data}'}}").stdout  # fmt: skip
+                    "--config", f"dataset={{'root': '{data}'}}")  # fmt: skip
     counts = _job_counts(out)
     assert counts["train"] == 46
     assert counts["landscape_shard"] == 46 * 3 * 4
@@ -113,13 +114,14 @@ def test_single_surface_target_rebuilds_only_what_it_lacks(tiny_run):
     (tiny_run / SURFACE).unlink()
     shard = tiny_run / f"results/landscapes/{RUN}/direction_seed~42/shard~1.npz"
     shard.unlink()
-    out = snakemake(tiny_run, "--cores", "2", "--configfile", str(TINY), SURFACE).stdout
+    # (Targets go before --configfile, which takes several values.)
+    out = snakemake(tiny_run, SURFACE, "--cores", "2", "--configfile", str(TINY))
     counts = _job_counts(out)
     assert counts == {"landscape_shard": 1, "gather": 1, "total": 2}
     assert (tiny_run / SURFACE).exists()
     # Forcing one landscape reruns exactly its shards and gather, nothing upstream.
-    forced = snakemake(tiny_run, "-n", "--configfile", str(TINY),
-                       "--forcerun", "landscape_shard", "gather", SURFACE).stdout  # fmt: skip
+    forced = snakemake(tiny_run, SURFACE, "-n", "--configfile", str(TINY),
+                       "--forcerun", "landscape_shard", "gather")  # fmt: skip
     assert _job_counts(forced) == {"gather": 1, "landscape_shard": 2, "total": 3}
 
 

@@ -102,12 +102,11 @@ def _features_args(p):
     _features_args,
 )
 def _features(args):
-    from .features import extract_split
-    from .meta import validate_dataset
-
     from dataclasses import asdict
 
+    from .features import extract_split
     from .io import provenance, write_json
+    from .meta import validate_dataset
 
     folds = validate_dataset(args.root, args.audio_sample_rate, args.clip_seconds)
     mel = _mel_config(args)
@@ -271,7 +270,13 @@ def _gather(args):
 
     gather(args.shards, args.out)
     if args.contour and args.surface3d:
-        plot_surface(args.out, args.contour, args.surface3d, title=str(args.out.parent))
+        plot_surface(args.out, args.contour, args.surface3d, title=_surface_title(args.out))
+
+
+def _surface_title(surface: Path) -> str:
+    """`arch~cnn10, optimizer~adam, lr~0.001` over `batch_size~16, seed~42, direction_seed~42`."""
+    parts = [p for p in surface.parent.parts if "~" in p] or [surface.parent.name]
+    return ", ".join(parts[:3]) + "\n" + ", ".join(parts[3:])
 
 
 # --- sharpness --------------------------------------------------------------------------------
