@@ -128,3 +128,26 @@ def test_single_surface_target_rebuilds_only_what_it_lacks(tiny_run):
 def test_cli_is_on_path():
     proc = subprocess.run(["ascsharp", "--help"], env=env(), capture_output=True, text=True)
     assert proc.returncode == 0 and "sharpness" in proc.stdout
+
+
+@pytest.mark.slow
+def test_keep_going_leaves_other_runs_intact(tiny_run, tmp_path):
+    """A run that fails (batch larger than the training split) does not stop or spoil the others."""
+    good = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~44"
+    bad = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~100000/seed~44"
+    block = {"arch": ["cnn10"], "optimizer": ["adam"], "lr": [0.001],
+             "batch_size": [16, 100000], "seed": [42, 43, 44]}  # fmt: skip
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(json.dumps({"grid": {"blocks": [block]}}))  # JSON is YAML
+    before = (tiny_run / f"results/models/{RUN}/metrics.json").read_bytes()
+    proc = snakemake(
+        tiny_run,
+        *(f"results/models/{run}/metrics.json" for run in (good, bad)),
+        "--cores", "2", "--keep-going", "--configfile", str(TINY), str(wider),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "batch_size 100000 exceeds" in (tiny_run / f"logs/train/{bad}.log").read_text()
+    assert not (tiny_run / f"results/models/{bad}/model.pt").exists()
+    assert json.loads((tiny_run / f"results/models/{good}/metrics.json").read_text())["run"] == good
+    assert (tiny_run / f"results/models/{RUN}/metrics.json").read_bytes() == before

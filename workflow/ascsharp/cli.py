@@ -79,6 +79,29 @@ def _synth(args):
     print(json.dumps(summary, default=str))
 
 
+def _download_args(p):
+    p.add_argument(
+        "--api",
+        default="https://zenodo.org/api/records/3819968",
+        help="Zenodo record API URL (default: TAU Urban Acoustic Scenes 2020 Mobile, development)",
+    )
+    p.add_argument(
+        "--downloads", type=Path, required=True, help="folder for the zips (kept for reruns)"
+    )
+    p.add_argument("--root", type=Path, required=True, help="output folder (DCASE2020 layout)")
+
+
+@command(
+    "download",
+    "download a Zenodo record (MD5-checked, resumable) and unpack it into the DCASE2020 layout",
+    _download_args,
+)
+def _download(args):
+    from .download import download_dataset
+
+    download_dataset(args.api, args.downloads, args.root)
+
+
 def _features_args(p):
     p.add_argument("--root", type=Path, required=True, help="data set folder")
     p.add_argument("--fold", choices=["train", "evaluate"], required=True)

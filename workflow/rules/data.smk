@@ -1,5 +1,6 @@
 # The embedded synthetic data set (default config). With real DCASE2020 data, set
-# dataset.synthetic.generate: false and dataset.root to the unpacked development set.
+# dataset.synthetic.generate: false and dataset.root to the unpacked development set, or
+# dataset.download.enabled: true to fetch it from Zenodo into dataset.root.
 
 
 if config["dataset"]["synthetic"]["generate"]:
@@ -20,3 +21,22 @@ if config["dataset"]["synthetic"]["generate"]:
             " --cities {params.synth[cities]}"
             " --locations-per-city {params.synth[locations_per_city]}"
             " --segments-per-location {params.synth[segments_per_location]} 2> {log}"
+
+
+if (
+    config["dataset"]["download"]["enabled"]
+    and not config["dataset"]["synthetic"]["generate"]
+):
+
+    rule download:
+        output:
+            directory(DATA_ROOT),
+        log:
+            "logs/download/download.log",
+        params:
+            api=config["dataset"]["download"]["api"],
+        conda:
+            "../../envs/ascsharp.yaml"
+        shell:
+            "ascsharp download --api {params.api:q} --downloads data/downloads"
+            " --root {output} 2> {log}"
