@@ -289,9 +289,10 @@ def _gather_args(p):
     _gather_args,
 )
 def _gather(args):
+    from .io import provenance
     from .landscape import gather, plot_surface
 
-    gather(args.shards, args.out)
+    gather(args.shards, args.out, attrs={"provenance": provenance()})
     if args.contour and args.surface3d:
         plot_surface(args.out, args.contour, args.surface3d, title=_surface_title(args.out))
 
@@ -345,10 +346,11 @@ def _run_sharpness_args(p):
     _run_sharpness_args,
 )
 def _run_sharpness(args):
-    from .io import write_json
+    from .io import provenance, write_json
     from .sharpness import all_variants
 
-    write_json(args.out, all_variants(_by_direction_seed(args.surfaces), radius=args.radius))
+    result = all_variants(_by_direction_seed(args.surfaces), radius=args.radius)
+    write_json(args.out, {**result, "provenance": provenance()})
 
 
 def _by_direction_seed(paths: list[Path]) -> dict[int, Path]:
