@@ -60,6 +60,16 @@ class NpyClips(Dataset):
         return torch.from_numpy(x), int(self.table["label"].loc[key])
 
 
+def write_clip_files(x: torch.Tensor, y: torch.Tensor, folder: Path) -> pd.DataFrame:
+    """One .npy per clip, as the original kept its features, and the table that points to them."""
+    rows = []
+    for i in range(len(x)):
+        path = folder / f"clip{i:06d}.npy"
+        np.save(path, x[i].numpy())
+        rows.append({"filename": f"clip{i:06d}.wav", "features": str(path), "label": int(y[i])})
+    return pd.DataFrame(rows).set_index("filename")
+
+
 def naive_points(model, dx, dy, table, grid, indices, batch_size, workers, device):
     """Per point: perturb via p.data, a fresh DataLoader pass, batch means times batch size."""
     params = list(model.parameters())
@@ -130,12 +140,7 @@ def main() -> None:
     quiet.propagate = False
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = []
-        for i in range(args.clips):
-            path = Path(tmp) / f"clip{i:06d}.npy"
-            np.save(path, x[i].numpy())
-            rows.append({"filename": f"clip{i:06d}.wav", "features": str(path), "label": int(y[i])})
-        table = pd.DataFrame(rows).set_index("filename")
+        table = write_clip_files(x, y, Path(tmp))
 
         def ours():
             return evaluate_points(

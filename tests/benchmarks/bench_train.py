@@ -16,13 +16,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_landscape import NpyClips, build  # noqa: E402
+from bench_landscape import NpyClips, build, write_clip_files  # noqa: E402
 
 from ascsharp.optim import make_stepper  # noqa: E402
 
@@ -66,12 +64,7 @@ def main() -> None:
     x_dev, y_dev = x.to(device), y.to(device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = []
-        for i in range(args.clips):
-            path = Path(tmp) / f"clip{i:06d}.npy"
-            np.save(path, x[i].numpy())
-            rows.append({"filename": f"clip{i:06d}.wav", "features": str(path), "label": int(y[i])})
-        table = pd.DataFrame(rows).set_index("filename")
+        table = write_clip_files(x, y, Path(tmp))
 
         def ours():
             ours_epoch(stepper, x_dev, y_dev, args.batch_size, device)

@@ -23,6 +23,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
+from ascsharp.io import publish_dir
 from ascsharp.meta import validate_dataset
 from ascsharp.progress import Progress, get_logger
 
@@ -239,12 +240,7 @@ def download_dataset(
             "%s: train %d, evaluate %d clips", root, len(folds["train"]), len(folds["evaluate"])
         )
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the data set is not
-        if root.is_dir():
-            root.rmdir()  # known to be empty; rename() cannot replace a non-empty folder
-        os.replace(tmp, root)
+        publish_dir(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -37,6 +37,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def publish_dir(tmp: Path, root: Path) -> None:
+    """Move a finished folder built at `tmp` (beside `root`) into place in one rename.
+
+    `root` may exist only as an empty folder; mkdtemp's private mode is relaxed to the umask.
+    """
+    os.chmod(tmp, 0o777 & ~_umask())
+    if root.is_dir():
+        root.rmdir()  # rename() cannot replace a non-empty folder; callers checked it is empty
+    os.replace(tmp, root)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import numbers
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import numpy as np
 import soundfile as sf
 from scipy.fft import next_fast_len
 
+from ascsharp.io import publish_dir
 from ascsharp.meta import (
     CITIES,
     DEVICES,
@@ -264,12 +264,7 @@ def generate_dataset(
         _write_tables(tmp, plan)
         marker = {"parameters": params, "summary": summary}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the set is not
-        if root.is_dir():
-            root.rmdir()  # known to be empty; rename() cannot replace a non-empty folder
-        os.replace(tmp, root)
+        publish_dir(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
