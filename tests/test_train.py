@@ -157,3 +157,18 @@ def test_kill_9_mid_training_then_rerun_equals_uninterrupted(feature_store, tmp_
     killed_metrics = json.loads((killed_dir / "metrics.json").read_text())
     clean_metrics = json.loads((tmp_path / "clean" / "metrics.json").read_text())
     assert killed_metrics["test"] == clean_metrics["test"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "sam", "gdtuo", "kfac"])
+def test_every_optimizer_runs_through_the_training_loop(optimizer, feature_store, tmp_path):
+    """Each stepper inside the real loop: resume checkpoint, selection, outputs, reload."""
+    run = f"arch~cnn10/optimizer~{optimizer}/lr~0.001/batch_size~16/seed~42"
+    out = tmp_path / optimizer
+    metrics = train(feature_store, run, out, replace(SETTINGS, epochs=2))
+    assert metrics["epochs_trained"] == 2 and math.isfinite(metrics["train"]["loss"])
+    history = pd.read_csv(out / "history.tsv", sep="\t")
+    assert len(history) == 2
+    if optimizer == "gdtuo":  # the learnt hyperparameters are logged per epoch
+        assert {"learnt_lr", "learnt_beta1", "learnt_beta2"} <= set(history.columns)
+    model, _ = checkpoint.load_model(out / "model.pt")
+    assert sum(p.numel() for p in model.parameters()) > 0
