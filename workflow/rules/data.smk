@@ -33,10 +33,10 @@ if (
             directory(DATA_ROOT),
         log:
             "logs/download/download.log",
-        params:
-            api=config["dataset"]["download"]["api"],
         conda:
             "../../envs/ascsharp.yaml"
+        params:
+            api=config["dataset"]["download"]["api"],
         shell:
             "ascsharp download --api {params.api:q} --downloads data/downloads"
             " --root {output} 2> {log}"
