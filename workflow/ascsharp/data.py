@@ -36,10 +36,9 @@ class Partition:
         return Partition(self.x.to(device), self.y.to(device), self.table)
 
 
-def holdout_rows(features_dir: Path) -> np.ndarray:
-    """Boolean mask over train.npy rows: True where the clip is in the validation hold-out."""
+def holdout_rows(features_dir: Path, table: pd.DataFrame) -> np.ndarray:
+    """Boolean mask over the rows of train.tsv (`table`): True for the validation hold-out."""
     path = Path(features_dir) / "validation.tsv"
-    table = pd.read_csv(Path(features_dir) / "train.tsv", sep="\t")
     try:
         holdout = pd.read_csv(path, sep="\t")
     except FileNotFoundError:
@@ -63,7 +62,7 @@ def load_partition(
     features, table = load_features(features_dir / f"{store}.npy", features_dir / f"{store}.tsv")
     mask = np.ones(len(table), dtype=bool)
     if partition in ("train", "validation"):
-        held = holdout_rows(features_dir)
+        held = holdout_rows(features_dir, table)
         mask = held if partition == "validation" else ~held
     rows = np.flatnonzero(mask)
     if subset is not None and subset < len(rows):
