@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from .meta import CITIES, DEVICES, SCENES, SEEN_DEVICES, UNSEEN_DEVICES
 
 
+def pick_device() -> torch.device:
+    """CUDA when this process can see a GPU, else CPU (also inside a job granted a GPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when asked for; a no-op elsewhere (CPU results stay exact)."""
     if enabled and device.type == "cuda":

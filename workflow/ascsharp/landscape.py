@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ascsharp.evaluate import loss_and_accuracy, predict
+from ascsharp.evaluate import loss_and_accuracy, pick_device, predict
 from ascsharp.io import atomic_path, write_json
 from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed, generator
@@ -548,7 +548,6 @@ def evaluate_shard(
     """
     from .checkpoint import load_model
     from .data import load_partition
-    from .train import pick_device
 
     device = device or pick_device()
     model, ckpt = load_model(model_path, device)

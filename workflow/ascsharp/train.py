@@ -18,7 +18,7 @@ import torch
 from . import checkpoint
 from .config import parse_run_id
 from .data import Partition, load_partition
-from .evaluate import autocast, breakdown, loss_and_accuracy, predict
+from .evaluate import autocast, breakdown, loss_and_accuracy, pick_device, predict
 from .io import atomic_path, provenance, write_json, write_table
 from .meta import SCENES
 from .models import build_model
@@ -41,11 +41,6 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.selection not in ("validation", "paper"):
             raise ValueError(f"selection {self.selection!r}: expected 'validation' or 'paper'")
-
-
-def pick_device() -> torch.device:
-    """CUDA when this process can see a GPU, else CPU (also inside a job granted a GPU)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train(
