@@ -11,12 +11,15 @@
 #   results/paper/                                               the same statistics on the paper's own table
 #   logs/{rule}/..., benchmarks/{rule}/...                       mirror the outputs
 
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# Found from the Snakefile, so that `--directory runs/NAME` keeps a run's outputs apart.
+configfile: Path(workflow.basedir) / "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -64,6 +64,23 @@ def test_correlate_matches_scipy_and_ci_brackets_estimate(xy, method, ref):
     assert (other["ci_low"], other["ci_high"]) != (res["ci_low"], res["ci_high"])
 
 
+@pytest.mark.parametrize("method", [*analysis.METHODS, "partial_pearson"])
+def test_bootstrap_resamples_pairs_not_coordinates(method):
+    # r ~ 0.95: resampling x and y independently would centre the interval near 0.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=40)
+    y = x + 0.33 * rng.normal(size=40)
+    assert stats.pearsonr(x, y).statistic > 0.93
+    if method == "partial_pearson":
+        df = pd.DataFrame({"x": x, "y": y})
+        res = analysis.partial_correlation(df, "x", "y", [], n_boot=1000, seed=0)
+    else:
+        res = analysis.correlate(x, y, method, n_boot=1000, seed=0)
+    floor = 0.65 if method == "kendall" else 0.85
+    assert floor < res["ci_low"] < res["statistic"] < res["ci_high"]
+    assert res["ci_high"] - res["ci_low"] < 0.2
+
+
 @pytest.mark.parametrize("method", analysis.METHODS)
 def test_vectorised_bootstrap_statistics_equal_scipy_per_resample(method, monkeypatch):
     # Integer data make ties, and resampling makes duplicated pairs: tau-b must handle both.
@@ -171,23 +188,114 @@ def test_granulated_kendall_on_hand_made_grid():
     assert res["per_axis"]["b"] == pytest.approx(-1 / 3)
     assert res["psi"] == pytest.approx(1 / 6)
     assert res["n_groups"] == {"a": 2, "b": 3}
+    assert res["n_skipped"] == {"a": 1, "b": 0}
 
 
 def test_granulated_kendall_skips_undefined_groups():
     df = pd.DataFrame(
         {"a": [1, 2, 1, 2], "b": [1, 1, 2, 2], "m": [5.0, 5.0, 1.0, 2.0], "t": [1.0, 2.0, 3.0, 4.0]}
     )
+    df["seed"] = 42
     res = analysis.granulated_kendall(df, "m", "t", ["a", "b"])
     # b = 1 has a constant measure (tau undefined): only b = 2 counts for axis a.
     assert res["per_axis"]["a"] == pytest.approx(1.0)
-    assert res["n_groups"]["a"] == 1
+    assert (res["n_groups"]["a"], res["n_skipped"]["a"]) == (1, 1)
     assert res["per_axis"]["b"] == pytest.approx(-1.0)  # a = 1 and a = 2: both discordant
+    with pytest.raises(ValueError, match="'seed'"):
+        analysis.granulated_kendall(df.drop(columns="seed"), "m", "t", ["a", "b"])
+
+
+def test_granulated_kendall_holds_the_seed_fixed():
+    # Two lr x two batch sizes x two seeds. Within a seed, a higher lr gives a sharper and more
+    # accurate model; seed 1 is sharper but less accurate overall. Groups that let the seed vary
+    # see the seed offset (the old bug); groups of one seed see the hyperparameter only.
+    rows = [
+        # lr, batch_size, seed, measure, target
+        (1, 16, 0, 1.0, 0.60),
+        (2, 16, 0, 2.0, 0.65),
+        (1, 32, 0, 1.5, 0.62),
+        (2, 32, 0, 1.8, 0.66),
+        (1, 16, 1, 5.0, 0.40),
+        (2, 16, 1, 6.0, 0.45),
+        (1, 32, 1, 5.5, 0.42),
+        (2, 32, 1, 5.8, 0.46),
+    ]
+    df = pd.DataFrame(rows, columns=["lr", "batch_size", "seed", "m", "t"])
+    res = analysis.granulated_kendall(df, "m", "t", ["lr", "batch_size"])
+
+    def mean_tau(groups: list[list[int]]) -> float:
+        d = df.to_numpy(float)
+        return float(np.mean([stats.kendalltau(d[g, 3], d[g, 4]).statistic for g in groups]))
+
+    # Groups by hand (row indices): lr varies in (batch_size, seed), batch_size in (lr, seed).
+    lr_tau = mean_tau([[0, 1], [2, 3], [4, 5], [6, 7]])
+    bs_tau = mean_tau([[0, 2], [1, 3], [4, 6], [5, 7]])
+    assert (lr_tau, bs_tau) == pytest.approx((1.0, 0.0))
+    assert res["per_axis"] == pytest.approx({"lr": lr_tau, "batch_size": bs_tau})
+    assert res["n_groups"] == {"lr": 4, "batch_size": 4}
+    assert res["psi"] == pytest.approx(0.5)
+    # Letting the seed vary inside a group (grouping by the other axis only) answers otherwise.
+    seed_noise = np.mean(
+        [mean_tau([[0, 1, 4, 5], [2, 3, 6, 7]]), mean_tau([[0, 2, 4, 6], [1, 3, 5, 7]])]
+    )
+    assert seed_noise == pytest.approx(-0.5)  # lr: -1/3; batch_size: mean(-1/3, -1)
+    without_seed = analysis.granulated_kendall(df, "m", "t", ["lr", "batch_size"], fixed=())
+    assert without_seed["psi"] == pytest.approx(seed_noise)
+
+
+def test_granulated_kendall_on_the_published_table():
+    df = analysis.read_paper_table(PAPER_CSV)
+    axes = ["arch", "optimizer", "lr", "batch_size"]
+    psi = {
+        t: analysis.granulated_kendall(df, "mean_sharpness", t, axes)
+        for t in analysis.PAPER_TARGETS
+    }
+    # The seed-fixed groups: Psi is near zero, not the +0.158 that seed-pooled groups gave.
+    assert psi["test_all"]["psi"] == pytest.approx(-0.03, abs=0.01)
+    assert psi["unseen"]["psi"] == pytest.approx(0.09, abs=0.01)
+    # 38 runs, each configuration at seeds 42 and 43; pairs differing in one axis per seed.
+    assert psi["test_all"]["n_groups"] == {"arch": 12, "optimizer": 12, "lr": 14, "batch_size": 16}
+    assert psi["test_all"]["n_skipped"] == {"arch": 14, "optimizer": 6, "lr": 8, "batch_size": 6}
+    assert psi["test_all"]["per_axis"]["batch_size"] == pytest.approx(-0.75)
 
 
 def test_holm_by_hand():
     got = analysis.holm([0.01, 0.04, 0.03, np.nan, 0.5])
     # Sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1, then made monotone.
     np.testing.assert_allclose(got, [0.04, 0.09, 0.09, np.nan, 0.5])
+
+
+def test_benjamini_hochberg_by_hand_and_against_scipy():
+    # Sorted 0.01, 0.02, 0.03, 0.5 times 4/1, 4/2, 4/3, 4/4, then made monotone from the top.
+    got = analysis.benjamini_hochberg([0.03, 0.01, np.nan, 0.5, 0.02])
+    np.testing.assert_allclose(got, [0.04, 0.04, np.nan, 0.5, 0.04])
+    p = np.random.default_rng(5).uniform(size=50) ** 3
+    np.testing.assert_allclose(analysis.benjamini_hochberg(p), stats.false_discovery_control(p))
+
+
+def _table_row(group: str, target: str, measure: str, method: str, p: float) -> dict:
+    return {"group": group, "target": target, "measure": measure, "method": method, "p_value": p}
+
+
+def test_headline_family_is_holm_adjusted_alone_and_the_rest_by_bh():
+    rows = [
+        _table_row("all", "test_all", "mean_sharpness", "pearson", 0.010),
+        _table_row("all", "seen", "mean_sharpness", "spearman", 0.040),
+        _table_row("all", "unseen", "mean_sharpness", "kendall", 0.002),
+        _table_row("all", "test_all", "mean_sharpness", "pearson", np.nan),
+        # Exploratory: another group, measure, target, or method.
+        _table_row("optimizer=sgd", "test_all", "mean_sharpness", "pearson", 0.001),
+        _table_row("all", "test_all", "max_sharpness", "pearson", 0.020),
+        _table_row("all", "acc_s4", "mean_sharpness", "pearson", 0.030),
+        _table_row("all", "test_all", "mean_sharpness", "partial_pearson", 0.040),
+        _table_row("all", "test_all", "mean_sharpness", "granulated_kendall", np.nan),
+    ]
+    out = analysis.adjust_p_values(pd.DataFrame(rows))
+    assert list(out["family"]) == ["headline"] * 4 + ["exploratory"] * 5
+    # Holm over the three finite headline p-values: 0.002 x 3, 0.010 x 2, 0.040 x 1.
+    np.testing.assert_allclose(out["p_holm"], [0.020, 0.040, 0.006] + [np.nan] * 6)
+    # BH over the four finite exploratory p-values 0.001, 0.02, 0.03, 0.04 (m = 4).
+    np.testing.assert_allclose(out["p_bh"], [np.nan] * 4 + [0.004, 0.04, 0.04, 0.04, np.nan])
 
 
 # --- correlation table ---------------------------------------------------------------------------
@@ -198,6 +306,7 @@ def test_correlation_table_columns_groups_and_extra_rows():
     df = df.rename(columns={"x": "sharp", "y": "test_all"})
     df["seen"] = df["test_all"] + 0.1
     df["lr"] = np.tile([1e-3, 1e-4], 15)
+    df["seed"] = np.repeat([42, 43, 44], 10)
     table = analysis.correlation_table(
         df, ["sharp"], ["test_all", "seen"], n_boot=50, granulated_axes=["optimizer", "lr"]
     )
@@ -211,7 +320,11 @@ def test_correlation_table_columns_groups_and_extra_rows():
         "p_value",
         "ci_low",
         "ci_high",
+        "family",
         "p_holm",
+        "p_bh",
+        "n_skipped",
+        "reason",
     ]
     basic = table[table["method"].isin(analysis.METHODS)]
     assert list(dict.fromkeys(basic["group"])) == [
@@ -244,15 +357,135 @@ def test_correlation_table_columns_groups_and_extra_rows():
         ref["statistic"]
     )
     gran = table[table.method == "granulated_kendall"]
-    assert len(gran) == 2 and gran["p_value"].isna().all() and gran["ci_low"].isna().all()
-    ref_psi = analysis.granulated_kendall(df, "sharp", "seen", ["optimizer", "lr"])["psi"]
-    assert gran[gran.target == "seen"]["statistic"].item() == pytest.approx(ref_psi)
-    np.testing.assert_allclose(table["p_holm"], analysis.holm(table["p_value"]))
+    # Per target: Psi (group all, n runs) and one row per axis (n groups used, n_skipped).
+    assert list(gran["group"]) == ["all", "axis=optimizer", "axis=lr"] * 2
+    assert gran["p_value"].isna().all() and gran["ci_low"].isna().all()
+    ref = analysis.granulated_kendall(df, "sharp", "seen", ["optimizer", "lr"])
+    seen = gran[gran.target == "seen"].set_index("group")
+    assert seen.loc["all", "statistic"] == pytest.approx(ref["psi"])
+    assert seen.loc["all", "n"] == len(df) and pd.isna(seen.loc["all", "n_skipped"])
+    assert seen.loc["axis=lr", "statistic"] == pytest.approx(ref["per_axis"]["lr"])
+    assert seen.loc["axis=lr", "n"] == ref["n_groups"]["lr"] > 0
+    assert seen.loc["axis=lr", "n_skipped"] == ref["n_skipped"]["lr"]
+    # No mean_sharpness here: no headline row, everything is exploratory and BH-adjusted.
+    assert set(table["family"]) == {"exploratory"} and table["p_holm"].isna().all()
+    np.testing.assert_allclose(table["p_bh"], analysis.benjamini_hochberg(table["p_value"]))
+    assert (table["reason"] == "").all()
 
 
 def test_correlation_table_missing_column():
     with pytest.raises(ValueError, match="'nope'"):
         analysis.correlation_table(_grouped_frame(), ["x"], ["nope"], n_boot=0)
+
+
+def _sharpness_json(mean: float) -> dict:
+    """A results/sharpness JSON with the paper variant and one other, as all_variants writes."""
+    agg = {"mean": mean, "std": 0.1, "max": mean + 1.0, "n": 1}
+    return {
+        "default": {"region": "legacy-disk", "reference": "grid-min"},
+        "aggregate": {
+            "legacy-disk": {"grid-min": agg},
+            "disk": {"grid-min": {**agg, "mean": 2 * mean}},
+        },
+        "per_seed": {"42": {"legacy-disk": {"grid-min": {"sharpness": mean}}}},
+    }
+
+
+def test_run_row_names_the_paper_variant_once():
+    by_device = {d: 0.5 for d in ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")}
+    metrics = {
+        "run": "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42",
+        "hyperparameters": {"arch": "cnn10", "optimizer": "adam", "lr": 0.001,
+                            "batch_size": 16, "seed": 42},
+        "converged": True, "selected_on": "validation", "epoch": 3,
+        "test": {"accuracy": 0.5, "seen": 0.5, "unseen": 0.5, "uar": 0.5, "macro_f1": 0.5,
+                 "loss": 1.0, "by_device": by_device, "by_city": {}},
+        "train": {"accuracy": 0.9, "loss": 0.3},
+        "validation": None,
+    }  # fmt: skip
+    row = analysis.run_row(metrics, _sharpness_json(7.0))
+    assert (row["mean_sharpness"], row["std_sharpness"], row["max_sharpness"]) == (7.0, 0.1, 8.0)
+    assert row["sharpness_seed42"] == 7.0
+    assert row["sharpness_disk_grid_min_mean"] == 14.0
+    assert not [k for k in row if k.startswith("sharpness_legacy_disk_grid_min")]
+
+
+def _small_summary(n: int) -> pd.DataFrame:
+    """summary.tsv of `n` converged runs that differ in optimizer (and, from the third, lr)."""
+    rng = np.random.default_rng(n)
+    runs = pd.DataFrame({
+        "run": [f"run{i}" for i in range(n)],
+        "arch": "cnn10",
+        "optimizer": ["adam", "sgd", "adam", "sgd", "adam", "sgd"][:n],
+        "lr": [1e-3, 1e-3, 1e-4, 1e-4, 1e-2, 1e-2][:n],
+        "batch_size": 16,
+        "seed": 42,
+        "converged": True,
+        "excluded": False,
+        "exclusion_reason": "",
+        "mean_sharpness": rng.uniform(10, 100, size=n),
+        "max_sharpness": rng.uniform(100, 200, size=n),
+        "test_all": rng.uniform(0.3, 0.6, size=n),
+    })  # fmt: skip
+    runs["sharpness_disk_grid_min_mean"] = 2 * runs["mean_sharpness"]
+    runs["seen"] = runs["test_all"] + 0.05
+    runs["unseen"] = runs["test_all"] - 0.05
+    for dev in ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"):
+        runs[f"acc_{dev}"] = rng.uniform(0.3, 0.7, size=n)
+    return runs
+
+
+def test_run_correlations_lists_no_measure_twice():
+    summary = _small_summary(6)
+    # A summary written before run_row dropped the duplicate column.
+    summary["sharpness_legacy_disk_grid_min_mean"] = summary["mean_sharpness"]
+    table = analysis.run_correlations(summary, n_boot=0, seed=0)
+    assert set(table["measure"]) == {
+        "mean_sharpness", "max_sharpness", "sharpness_disk_grid_min_mean"
+    }  # fmt: skip
+    # Families per subset: each subset has its own 9 headline rows.
+    assert (table[table.family == "headline"].groupby("subset").size() == 9).all()
+    assert set(table["subset"]) == set(analysis.SUBSETS)
+
+
+def test_run_correlations_with_two_runs_writes_nan_rows_with_a_reason():
+    table = analysis.run_correlations(_small_summary(2), n_boot=100, seed=0)
+    assert list(table.columns) == [*analysis.TABLE_COLUMNS, "subset"]
+    assert set(table["subset"]) == set(analysis.SUBSETS)
+    assert table["statistic"].isna().all() and table["p_value"].isna().all()
+    assert table["p_holm"].isna().all() and table["p_bh"].isna().all()
+    pooled = table[table.group == "all"]
+    assert set(pooled["reason"]) == {"n=2 < 3 runs"}
+    # Two runs differing in one axis would give a tau of +-1; with 2 runs it stays NaN too.
+    gran = table[table.method == "granulated_kendall"]
+    assert set(gran["group"]) == {"all", "axis=optimizer"}
+    assert set(gran["reason"]) == {"n=2 < 3 runs"}
+
+
+def test_figures_command_with_two_runs_draws_figures_with_a_note(tmp_path):
+    from ascsharp.cli import main
+
+    summary = _small_summary(2)
+    summary.to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
+    corr = analysis.run_correlations(summary, n_boot=0, seed=0)
+    corr.to_csv(tmp_path / "correlations.tsv", sep="\t", index=False)
+    outs = {name: tmp_path / f"{name}.png" for name in ("scatter", "devices", "heatmap")}
+    args = ["figures", "--summary", str(tmp_path / "summary.tsv")]
+    args += ["--correlations", str(tmp_path / "correlations.tsv")]
+    args += [a for name, path in outs.items() for a in (f"--{name}", str(path))]
+    assert main(args) == 0
+    assert all(_png_ok(path) for path in outs.values())
+    # The same figures, drawn directly: the note is on each, the fit line and r are not.
+    note = "only 2 runs: correlations need at least 3"
+    figs = [
+        figures.scatter_sharpness(summary, "mean_sharpness", tmp_path / "s.png", note=note),
+        figures.device_facets(summary, "mean_sharpness", tmp_path / "d.png", note=note),
+        figures.correlation_heatmap(corr[corr.subset == "all_runs"], tmp_path / "h.png", note=note),
+    ]
+    for fig in figs:
+        assert [t.get_text() for t in fig.texts if t.get_gid() == "note"] == [note]
+    panel = next(ax for ax in figs[0].axes if ax.get_gid() == "test_all")
+    assert "r undefined (n = 2)" in panel.get_title() and not panel.get_lines()
 
 
 def test_summarize_runs_adds_gap():
@@ -297,13 +530,15 @@ def test_paper_pearson_reproduced_and_rank_methods_equal_scipy(tmp_path):
     assert list(written.columns[:9]) == [
         "group", "target", "measure", "method", "n", "statistic", "p_value", "ci_low", "ci_high",
     ]  # fmt: skip
-    assert len(written) == 7 * 3 * 3
-    assert set(written["method"]) == set(analysis.METHODS)
+    # 7 groups x 3 targets x 3 methods, then per target Psi and its four axes.
+    assert len(written) == 7 * 3 * 3 + 3 * 5
+    assert set(written["method"]) == {*analysis.METHODS, "granulated_kendall"}
     assert set(written["target"]) == {"test_all", "seen", "unseen"}
     assert set(written["measure"]) == {"mean_sharpness"}
     assert set(written["group"]) == {
         "all", "optimizer=adam", "optimizer=gdtuo", "optimizer=kfac", "optimizer=sgd",
         "arch=cnn10", "arch=cnn14",
+        "axis=arch", "axis=optimizer", "axis=lr", "axis=batch_size",
     }  # fmt: skip
     summary = pd.read_csv(tmp_path / "summary.tsv", sep="\t")
     assert len(summary) == 38
@@ -327,6 +562,31 @@ def test_paper_pearson_reproduced_and_rank_methods_equal_scipy(tmp_path):
     unseen_mean = (unseen["S4"] + unseen["S5"] + unseen["S6"]) / 3
     expected = stats.pearsonr(sharp, unseen_mean).statistic
     assert row("unseen", "pearson")["statistic"] == pytest.approx(expected, abs=1e-12)
+    psi = table[(table.method == "granulated_kendall") & (table.group == "all")]
+    assert psi.set_index("target")["statistic"].to_dict() == pytest.approx(
+        {"test_all": -0.0317, "seen": 0.0238, "unseen": 0.0888}, abs=1e-4
+    )
+
+
+def test_paper_table_families(tmp_path):
+    table = analysis.paper_table(PAPER_CSV, tmp_path, n_boot=0)
+    headline = table[table["family"] == "headline"]
+    assert len(headline) == 9 and set(headline["group"]) == {"all"}
+    assert set(headline["measure"]) == {"mean_sharpness"}
+    # Holm over 9 tests: pearson test_all (p = 0.0102) is the 6th smallest, so x 4, not x 63.
+    by = headline.set_index(["target", "method"])
+    assert by.loc[("test_all", "pearson"), "p_holm"] == pytest.approx(0.0408, abs=1e-4)
+    assert by.loc[("unseen", "spearman"), "p_holm"] == pytest.approx(9 * 8.54e-5, rel=0.01)
+    # The three seen rows share the monotone maximum 3 x 0.0646.
+    assert by.loc["seen", "p_holm"].to_numpy() == pytest.approx([0.1938] * 3, abs=1e-4)
+    assert headline["p_bh"].isna().all()
+    rest = table[table["family"] == "exploratory"]
+    assert rest["p_holm"].isna().all()
+    tested = rest["p_value"].notna()
+    assert tested.sum() == 54  # 6 groups x 3 targets x 3 methods; granulated rows carry no p
+    np.testing.assert_allclose(
+        rest.loc[tested, "p_bh"], stats.false_discovery_control(rest.loc[tested, "p_value"])
+    )
 
 
 def _broken_copy(tmp_path: Path, old: str, new: str) -> Path:

@@ -69,7 +69,7 @@ def test_paper_table_contract(tmp_path):
     ]  # fmt: skip
     assert set(table["measure"]) == {"mean_sharpness"}
     assert set(table["target"]) == {"test_all", "seen", "unseen"}
-    assert set(table["method"]) == {"pearson", "spearman", "kendall"}
+    assert set(table["method"]) == {"pearson", "spearman", "kendall", "granulated_kendall"}
     assert {"all", "optimizer=sgd", "arch=cnn14"} <= set(table["group"])
     row = table.query("group == 'all' and target == 'test_all' and method == 'pearson'").iloc[0]
     assert (round(row["statistic"], 3), round(row["p_value"], 3), row["n"]) == (0.412, 0.010, 38)

@@ -260,6 +260,7 @@ def _meta(model, dx, dy, n_shards, shard, run="run~t", seed=42):
         "fingerprint": surface_fingerprint(model, dx, dy),
         "n_shards": n_shards,
         "shard": shard,
+        "split": "train",
     }
 
 
@@ -288,8 +289,11 @@ def test_sharded_gather_equals_unsharded_bitwise(setup, tmp_path):
     with h5py.File(out) as f:
         acc = f["train_acc"][...]
         assert f.attrs["run"] == "run~t" and f.attrs["direction_seed"] == 42
-        assert f.attrs["note"] == "test" and "shard~0.npz" in f.attrs["partition"]
-    np.testing.assert_array_equal(acc, np.array([full[p][1] for p in range(15)]).reshape(3, 5))
+        assert f.attrs["note"] == "test" and "shard~0.npz" in f.attrs["shards"]
+        assert f.attrs["split"] == "train" and f.attrs["acc_unit"] == "percent"
+    # Percent, as loss-landscape's plot scripts expect (the shards hold fractions).
+    want_acc = 100 * np.array([full[p][1] for p in range(15)]).reshape(3, 5)
+    np.testing.assert_allclose(acc, want_acc, rtol=1e-12)
     # [iy, ix] orientation against the independent reference at a corner off the diagonal.
     ref, _ = reference_point(model, dx, dy, grid.xcoordinates[4], grid.ycoordinates[0], x, y)
     assert loss[0, 4] == pytest.approx(ref, rel=1e-5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ascsharp.models import ARCHS, build_model, count_parameters, load_panns_weights
+from ascsharp.models import ARCHS, build_model, count_parameters, load_pretrained
 
 torch.set_num_threads(1)
 
@@ -40,7 +40,7 @@ def expected_keys(n_blocks: int) -> list[str]:
         for i in (1, 2):
             keys.append(f"conv_block{b}.conv{i}.weight")
             keys += [f"conv_block{b}.bn{i}.{k}" for k in bn]
-    return keys + ["fc1.weight", "fc1.bias", "fc_audioset.weight", "fc_audioset.bias"]
+    return keys + ["fc1.weight", "fc1.bias", "out.weight", "out.bias"]
 
 
 @pytest.mark.parametrize(("arch", "n_blocks"), [("cnn10", 4), ("cnn14", 6)])
@@ -131,36 +131,45 @@ def test_initialisation_is_panns() -> None:
                 assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
 
 
-def reference_forward(model: torch.nn.Module, x: torch.Tensor, n_blocks: int, last_pool: bool):
-    """PANNs' eval forward written independently on (batch, mel, time) tensors."""
-    bn0 = model.bn0
-    # bn0 per mel bin, directly on the (B, mel, T) layout.
-    h = (x - bn0.running_mean[None, :, None]) / torch.sqrt(bn0.running_var[None, :, None] + 1e-5)
-    h = h * bn0.weight[None, :, None] + bn0.bias[None, :, None]
-    h = h.unsqueeze(1)  # (B, 1, mel, T): convs are symmetric 3x3 so transpose the kernels instead
+def reference_forward(
+    model: torch.nn.Module, x: torch.Tensor, n_blocks: int, last_pool: bool, training: bool
+) -> torch.Tensor:
+    """The study's CNN10/CNN14 forward, written from its description on (batch, mel, time).
+
+    BatchNorm uses batch statistics in training and running statistics in eval; dropout 0.2
+    after every conv block (drawn with F.dropout on the same layout, so a seeded call draws the
+    same mask as the model's); after pooling over time, relu(fc1) and the output layer.
+    """
+
+    def batch_norm(h: torch.Tensor, bn: torch.nn.BatchNorm2d, dims: tuple[int, ...], shape):
+        if training:
+            mean, var = h.mean(dim=dims), h.var(dim=dims, unbiased=False)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        h = (h - mean.view(shape)) / torch.sqrt(var.view(shape) + 1e-5)
+        return h * bn.weight.view(shape) + bn.bias.view(shape)
+
+    h = batch_norm(x, model.bn0, (0, 2), (1, -1, 1))  # one channel per mel bin
+    h = h.transpose(1, 2).unsqueeze(1)  # (B, 1, time, mel)
     for k in range(1, n_blocks + 1):
         block = getattr(model, f"conv_block{k}")
         for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
-            h = F.conv2d(h, conv.weight.transpose(2, 3), padding=1)
-            h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False)
-            h = h.clamp(min=0)
+            h = F.conv2d(h, conv.weight, padding=1)
+            h = batch_norm(h, bn, (0, 2, 3), (1, -1, 1, 1)).clamp(min=0)
         if k < n_blocks or last_pool:
-            mel, t = h.shape[2] // 2, h.shape[3] // 2
-            h = h[:, :, : 2 * mel, : 2 * t].reshape(h.shape[0], h.shape[1], mel, 2, t, 2)
+            t, mel = h.shape[2] // 2, h.shape[3] // 2
+            h = h[:, :, : 2 * t, : 2 * mel].reshape(h.shape[0], h.shape[1], t, 2, mel, 2)
             h = h.mean(dim=(3, 5))
-    h = h.mean(dim=2)  # frequency
-    h = h.max(dim=2).values + h.mean(dim=2)
+        if training:
+            h = F.dropout(h, p=0.2, training=True)
+    h = h.mean(dim=3)  # frequency
+    h = h.max(dim=2).values + h.mean(dim=2)  # time
     h = (h @ model.fc1.weight.T + model.fc1.bias).clamp(min=0)
-    return h @ model.fc_audioset.weight.T + model.fc_audioset.bias
+    return h @ model.out.weight.T + model.out.bias
 
 
-@pytest.mark.parametrize(
-    ("arch", "n_blocks", "last_pool"), [("cnn10", 4, True), ("cnn14", 6, False)]
-)
-def test_forward_matches_independent_reference(arch: str, n_blocks: int, last_pool: bool) -> None:
-    torch.manual_seed(1)
-    model = build_model(arch, width=0.0625)
-    # Non-trivial BN statistics and affine parameters so that a mis-oriented bn0 would show.
+def randomised_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that a mis-oriented bn0 would show."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -168,10 +177,42 @@ def test_forward_matches_independent_reference(arch: str, n_blocks: int, last_po
                 m.running_var.uniform_(0.5, 2)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
-    model.eval()
+    return model
+
+
+ARCH_SHAPES = [("cnn10", 4, True), ("cnn14", 6, False)]
+
+
+@pytest.mark.parametrize(("arch", "n_blocks", "last_pool"), ARCH_SHAPES)
+def test_eval_forward_matches_independent_reference(
+    arch: str, n_blocks: int, last_pool: bool
+) -> None:
+    torch.manual_seed(1)
+    model = randomised_bn(build_model(arch, width=0.0625)).eval()
     x = torch.randn(2, 64, 77) * 3 + torch.linspace(-5, 5, 64)[None, :, None]
     with torch.no_grad():
-        assert torch.allclose(model(x), reference_forward(model, x, n_blocks, last_pool), atol=1e-5)
+        expected = reference_forward(model, x, n_blocks, last_pool, training=False)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "n_blocks", "last_pool"), ARCH_SHAPES)
+def test_training_forward_has_the_studys_dropout_and_no_other(
+    arch: str, n_blocks: int, last_pool: bool
+) -> None:
+    """Same seed, same dropout calls: a missing block dropout or an extra one around fc1
+    (PANNs has one before it) draws different masks or none, and the outputs differ."""
+    torch.manual_seed(1)
+    model = randomised_bn(build_model(arch, width=0.0625)).train()
+    x = torch.randn(4, 64, 77) * 3 + torch.linspace(-5, 5, 64)[None, :, None]
+    with torch.no_grad():
+        torch.manual_seed(7)
+        got = model(x)
+        torch.manual_seed(7)
+        expected = reference_forward(model, x, n_blocks, last_pool, training=True)
+        torch.manual_seed(8)
+        other_masks = reference_forward(model, x, n_blocks, last_pool, training=True)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, other_masks, atol=1e-4)  # dropout is active at all
 
 
 def test_bn0_normalises_each_mel_bin_in_training() -> None:
@@ -191,13 +232,13 @@ def test_bn0_normalises_each_mel_bin_in_training() -> None:
 def test_panns_checkpoint_loads_except_head_and_front_end() -> None:
     torch.manual_seed(2)
     panns = build_model("cnn10", n_classes=527, width=0.125)
-    state = dict(panns.state_dict())
+    state = {k.replace("out.", "fc_audioset."): v for k, v in panns.state_dict().items()}
     state["spectrogram_extractor.stft.conv_real.weight"] = torch.zeros(257, 1, 512)
     state["logmel_extractor.melW"] = torch.zeros(257, 64)
     model = build_model("cnn10", width=0.125)
-    head = model.fc_audioset.weight.clone()
-    skipped = load_panns_weights(model, state)
-    assert sorted(skipped) == sorted(
+    head = model.out.weight.clone()
+    unused = load_pretrained(model, {"model": state, "iteration": 600000})
+    assert sorted(unused) == sorted(
         [
             "fc_audioset.weight",
             "fc_audioset.bias",
@@ -207,10 +248,24 @@ def test_panns_checkpoint_loads_except_head_and_front_end() -> None:
     )
     assert torch.equal(model.conv_block3.conv2.weight, panns.conv_block3.conv2.weight)
     assert torch.equal(model.bn0.running_mean, panns.bn0.running_mean)
-    assert torch.equal(model.fc_audioset.weight, head)
+    assert torch.equal(model.out.weight, head)
     del state["fc1.bias"]
     with pytest.raises(ValueError, match="fc1.bias"):
-        load_panns_weights(model, state)
+        load_pretrained(model, {"model": state})
+
+
+def test_study_checkpoint_loads_whole_head_included() -> None:
+    """The study's files are plain state dicts with a 10-class head named `out`."""
+    torch.manual_seed(3)
+    study = randomised_bn(build_model("cnn14", width=0.0625))
+    model = build_model("cnn14", width=0.0625)
+    assert load_pretrained(model, dict(study.state_dict())) == []
+    for key, value in study.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    wrong = dict(study.state_dict())
+    wrong["conv_block2.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    with pytest.raises(ValueError, match="conv_block2.conv1.weight"):
+        load_pretrained(model, wrong)
 
 
 def test_arch_table_matches_paper() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ascsharp import checkpoint
-from ascsharp.train import RESUME_FILE, TrainSettings, train
+from ascsharp.train import RESUME_FILE, TrainSettings, batch_count, train
 
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
 SETTINGS = TrainSettings(epochs=6, width=0.25, eval_batch_size=32)
@@ -25,7 +25,7 @@ def test_training_learns_and_writes_self_describing_outputs(feature_store, tmp_p
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert metrics["test"]["accuracy"] > 0.3  # chance is 0.1
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["selected_on"] == "validation"
+    assert saved["selected_on"] == "validation" and saved["test_leak"] is False
     assert saved["epoch"] == int(history["select_accuracy"].idxmax()) + 1
     assert saved["hyperparameters"] == {
         "arch": "cnn10",
@@ -35,7 +35,7 @@ def test_training_learns_and_writes_self_describing_outputs(feature_store, tmp_p
         "seed": 42,
     }
     assert set(saved["test"]["by_device"]) == {"a", "c", "s4", "s5"}
-    # seen/unseen are means of per-device accuracies, as in the paper's table
+    # seen/unseen are means of per-device accuracies (each device weighs the same)
     by = saved["test"]["by_device"]
     assert saved["test"]["seen"] == pytest.approx((by["a"] + by["c"]) / 2)
     assert saved["test"]["unseen"] == pytest.approx((by["s4"] + by["s5"]) / 2)
@@ -79,6 +79,7 @@ def test_paper_selection_trains_on_all_of_fold1_train_and_selects_on_test(featur
     settings = TrainSettings(epochs=2, width=0.125, selection="paper", eval_batch_size=32)
     metrics = train(feature_store, RUN, tmp_path / "m", settings)
     assert metrics["selection"] == "paper" and metrics["selected_on"] == "test"
+    assert metrics["test_leak"] is True
     assert metrics["train"]["n"] == 120  # train + validation hold-out
     assert metrics["validation"] is None
     history = pd.read_csv(tmp_path / "m" / "history.tsv", sep="\t")
@@ -172,3 +173,100 @@ def test_every_optimizer_runs_through_the_training_loop(optimizer, feature_store
         assert {"learnt_lr", "learnt_beta1", "learnt_beta2"} <= set(history.columns)
     model, _ = checkpoint.load_model(out / "model.pt")
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def _scripted_selection(monkeypatch, accuracies: list[float]) -> None:
+    """Make the per-epoch selection accuracy follow `accuracies`; later calls are real."""
+    import ascsharp.train as train_module
+
+    real = train_module.loss_and_accuracy
+    script = iter(accuracies)
+
+    def scripted(logits, y):
+        loss, acc = real(logits, y)
+        return loss, next(script, acc)
+
+    monkeypatch.setattr(train_module, "loss_and_accuracy", scripted)
+
+
+def test_selection_keeps_the_best_epoch_not_the_last(feature_store, tmp_path, monkeypatch):
+    """Accuracy that rises, then falls: model.pt must hold epoch 2's weights."""
+    settings = replace(SETTINGS, epochs=4)
+    _scripted_selection(monkeypatch, [0.3, 0.7, 0.5, 0.4])
+    metrics = train(feature_store, RUN, tmp_path / "falling", settings)
+    assert metrics["epoch"] == 2 and metrics["epochs_trained"] == 4
+    _scripted_selection(monkeypatch, [0.3, 0.7])
+    train(feature_store, RUN, tmp_path / "two", replace(settings, epochs=2))
+    _scripted_selection(monkeypatch, [0.3, 0.5, 0.6, 0.7])
+    train(feature_store, RUN, tmp_path / "rising", settings)
+    best = checkpoint.load(tmp_path / "falling" / "model.pt")["state_dict"]
+    epoch2 = checkpoint.load(tmp_path / "two" / "model.pt")["state_dict"]
+    epoch4 = checkpoint.load(tmp_path / "rising" / "model.pt")["state_dict"]
+    assert all(torch.equal(best[k], epoch2[k]) for k in best)
+    assert not all(torch.equal(best[k], epoch4[k]) for k in best)
+
+
+@pytest.mark.parametrize(
+    ("clips", "batch_size", "batches"),
+    [(13_962, 16, 873), (13_962, 32, 437), (33, 16, 2), (34, 16, 3), (32, 16, 2), (16, 16, 1)],
+)
+def test_every_clip_counts_except_a_lone_last_one(clips, batch_size, batches):
+    # 13,962 = 872 * 16 + 10: the paper split's last 10 clips form a batch of their own.
+    assert batch_count(clips, batch_size) == batches
+
+
+def test_a_batch_larger_than_the_split_is_refused():
+    with pytest.raises(ValueError, match="batch_size 17 exceeds the 16 training clips"):
+        batch_count(16, 17)
+
+
+def test_training_sees_every_clip_each_epoch(feature_store, tmp_path, monkeypatch):
+    import ascsharp.train as train_module
+
+    sizes: list[int] = []
+    real_build = train_module.build_model
+
+    def counting_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda m, inp: sizes.append(len(inp[0])) if m.training else None
+        )
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", counting_build)
+    # 120 clips with the paper's selection; batch size 16: 7 full batches and one of 8.
+    settings = TrainSettings(epochs=1, width=0.125, selection="paper", eval_batch_size=64)
+    train(feature_store, RUN, tmp_path / "m", settings)
+    assert sum(sizes) == 120 and sizes[-1] == 8
+
+
+@pytest.mark.parametrize(("selection", "n_clips"), [("paper", 120), ("validation", 90)])
+def test_landscape_is_computed_on_exactly_the_training_clips(
+    feature_store, tmp_path, selection, n_clips
+):
+    """The surface's centre is the model's own training loss: same clips, whatever the mode."""
+    import h5py
+
+    from ascsharp.landscape import Grid, evaluate_shard, gather, make_directions, save_directions
+
+    settings = TrainSettings(epochs=1, width=0.125, selection=selection, eval_batch_size=64)
+    metrics = train(feature_store, RUN, tmp_path / "m", settings)
+    ckpt = checkpoint.load(tmp_path / "m" / "model.pt")
+    train_tsv = pd.read_csv(feature_store / "train.tsv", sep="\t")
+    held = set(pd.read_csv(feature_store / "validation.tsv", sep="\t")["filename"])
+    expected = [f for f in train_tsv["filename"] if selection == "paper" or f not in held]
+    assert ckpt["train_clips"] == expected and len(expected) == n_clips
+    model, _ = checkpoint.load_model(tmp_path / "m" / "model.pt")
+    save_directions(tmp_path / "d.pt", *make_directions(model, RUN, 42),
+                    {"run": RUN, "direction_seed": 42})  # fmt: skip
+    evaluate_shard(
+        model_path=tmp_path / "m" / "model.pt", directions_path=tmp_path / "d.pt",
+        features_dir=feature_store, split="train", subset=None, batch_size=50,
+        grid=Grid(-0.1, 0.1, 3, -0.1, 0.1, 3), n_shards=1, shard=0, out=tmp_path / "s.npz",
+    )  # fmt: skip
+    gather([tmp_path / "s.npz"], tmp_path / "surface.h5")
+    with h5py.File(tmp_path / "surface.h5") as f:
+        assert f.attrs["clips"] == n_clips and f.attrs["split"] == "train"
+        centre = float(f["train_loss"][1, 1])
+    assert centre == pytest.approx(metrics["train"]["loss"], rel=1e-5)
+    assert metrics["train"]["n"] == n_clips

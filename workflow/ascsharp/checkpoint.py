@@ -15,7 +15,7 @@ from .io import atomic_path
 from .models import build_model
 
 FORMAT = "ascsharp-model-v1"
-_REQUIRED = ("format", "state_dict", "arch", "width", "n_classes", "n_mels", "run")
+_REQUIRED = ("format", "state_dict", "arch", "width", "n_classes", "n_mels", "run", "train_clips")
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:

@@ -246,7 +246,12 @@ def _shard_args(p):
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--directions", type=Path, required=True)
     p.add_argument("--features", type=Path, required=True, help="results/features folder")
-    p.add_argument("--partition", choices=["train", "validation", "test"], default="train")
+    p.add_argument(
+        "--split",
+        choices=["train", "test"],
+        required=True,
+        help="train: the clips the model was trained on (listed in model.pt); test: the test fold",
+    )
     p.add_argument("--subset", type=int, default=None, help="evaluate on this many clips")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shards", type=int, required=True)
@@ -266,7 +271,7 @@ def _landscape_shard(args):
         model_path=args.model,
         directions_path=args.directions,
         features_dir=args.features,
-        partition=args.partition,
+        split=args.split,
         subset=args.subset,
         batch_size=args.batch_size,
         grid=_grid(args),
@@ -378,7 +383,8 @@ def _paper_table_args(p):
 def _paper_table(args):
     from .analysis import paper_table, read_paper_table
 
-    paper_table(args.csv, args.out)
+    table = paper_table(args.csv, args.out)
+    _paper_table_log_granulated(table)
     if args.figures:
         from .figures import scatter_sharpness
 
@@ -387,6 +393,23 @@ def _paper_table(args):
             "mean_sharpness",
             out_png=args.out / "figures" / "scatter.png",
             title="Published table (Milling et al., 2024)",
+        )
+
+
+def _paper_table_log_granulated(table) -> None:
+    """One log line per target: Psi, then each axis's mean tau with groups used / skipped."""
+    from .progress import get_logger
+
+    gran = table[table["method"] == "granulated_kendall"]
+    for (measure, target), rows in gran.groupby(["measure", "target"], sort=False):
+        psi = rows[rows["group"] == "all"]["statistic"].iloc[0]
+        axes = [
+            f"{r.group.removeprefix('axis=')} {r.statistic:+.3f}"
+            f" ({r.n} groups, {r.n_skipped} skipped)"
+            for r in rows[rows["group"] != "all"].itertuples()
+        ]
+        get_logger().info(
+            "granulated Kendall %s vs %s: Psi %+.3f; %s", measure, target, psi, "; ".join(axes)
         )
 
 
@@ -428,10 +451,20 @@ def _correlate_args(p):
 def _correlate(args):
     import pandas as pd
 
-    from .analysis import run_correlations
+    from .analysis import MIN_RUNS, SUBSETS, run_correlations, subset_runs
     from .io import write_table
+    from .progress import get_logger
 
     summary = pd.read_csv(args.summary, sep="\t")
+    small = {s: len(subset_runs(summary, s)) for s in SUBSETS}
+    small = {s: n for s, n in small.items() if n < MIN_RUNS}
+    if small:
+        sizes = ", ".join(f"{s} n={n}" for s, n in small.items())
+        get_logger().warning(
+            "fewer than %d runs in %s: those correlations are NaN (see column reason)",
+            MIN_RUNS,
+            sizes,
+        )
     write_table(args.out, run_correlations(summary, n_boot=args.bootstrap, seed=args.seed))
 
 
@@ -449,18 +482,25 @@ def _figures_args(p):
 def _figures(args):
     import pandas as pd
 
-    from .analysis import SUBSETS, subset_runs
+    from .analysis import MIN_RUNS, SUBSETS, subset_runs
     from .figures import correlation_heatmap, device_facets, scatter_sharpness
+    from .progress import get_logger
 
     summary = pd.read_csv(args.summary, sep="\t")
     corr = pd.read_csv(args.correlations, sep="\t")
-    # The headline subset when it has enough runs for correlations, else the next larger one.
-    subset = next(s for s in SUBSETS if s in set(corr["subset"]))
+    # The headline subset when it has enough runs for correlations, else the next larger one;
+    # with too few runs everywhere, the largest, drawn with a note instead of failing.
+    sizes = {s: len(subset_runs(summary, s)) for s in SUBSETS if s in set(corr["subset"])}
+    subset = next((s for s, n in sizes.items() if n >= MIN_RUNS), SUBSETS[-1])
     runs = subset_runs(summary, subset)
+    note = None
+    if len(runs) < MIN_RUNS:
+        note = f"only {len(runs)} runs: correlations need at least {MIN_RUNS}"
+        get_logger().warning("figures: %s; drawing the points without statistics", note)
     title = f"{len(runs)} runs ({subset})"
-    scatter_sharpness(runs, "mean_sharpness", out_png=args.scatter, title=title)
-    device_facets(runs, "mean_sharpness", args.devices)
-    correlation_heatmap(corr[corr["subset"] == subset], args.heatmap)
+    scatter_sharpness(runs, "mean_sharpness", out_png=args.scatter, title=title, note=note)
+    device_facets(runs, "mean_sharpness", args.devices, note=note)
+    correlation_heatmap(corr[corr["subset"] == subset], args.heatmap, note=note)
 
 
 def build_parser() -> argparse.ArgumentParser:

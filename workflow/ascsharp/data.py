@@ -64,12 +64,43 @@ def load_partition(
     if partition in ("train", "validation"):
         held = holdout_rows(features_dir, table)
         mask = held if partition == "validation" else ~held
+    return _partition(
+        features, table, mask, subset, seed, f"{features_dir}: partition {partition!r}"
+    )
+
+
+def load_clips(
+    features_dir: str | Path,
+    store: str,
+    filenames: list[str],
+    subset: int | None = None,
+    seed: int = 0,
+) -> Partition:
+    """Exactly the named clips of one store (e.g. the clips a model was trained on, as its
+    checkpoint lists them), so that a surface and its model can never disagree about the data."""
+    features_dir = Path(features_dir)
+    features, table = load_features(features_dir / f"{store}.npy", features_dir / f"{store}.tsv")
+    mask = table["filename"].isin(set(filenames)).to_numpy()
+    if mask.sum() != len(set(filenames)):
+        absent = sorted(set(filenames) - set(table["filename"]))
+        raise ValueError(f"{features_dir / f'{store}.tsv'}: lacks clip {absent[0]} of the model")
+    return _partition(features, table, mask, subset, seed, f"{features_dir}: {store} clips")
+
+
+def _partition(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    mask: np.ndarray,
+    subset: int | None,
+    seed: int,
+    what: str,
+) -> Partition:
     rows = np.flatnonzero(mask)
     if subset is not None and subset < len(rows):
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(rows, size=subset, replace=False))
     if len(rows) == 0:
-        raise ValueError(f"{features_dir}: partition {partition!r} is empty")
+        raise ValueError(f"{what} is empty")
     x = torch.from_numpy(np.ascontiguousarray(features[rows]))
     y = torch.tensor([_SCENE_INDEX[s] for s in table["scene"].iloc[rows]], dtype=torch.long)
     return Partition(x, y, table.iloc[rows].reset_index(drop=True))

@@ -2,7 +2,9 @@
 
 Figures are built on `matplotlib.figure.Figure` with an Agg canvas rather than through pyplot,
 so nothing depends on (or changes) a global backend and no figure outlives its function. Each
-function returns the Figure so that callers and tests can inspect what was drawn.
+function returns the Figure so that callers and tests can inspect what was drawn. A `note`
+(e.g. "only 2 runs") is printed under the panels, so a grid too small for statistics still gets
+its figures and says why they carry none.
 """
 
 from __future__ import annotations
@@ -45,13 +47,24 @@ def _require(df: pd.DataFrame, columns: Sequence[str]) -> None:
             raise ValueError(f"figure data: missing column {col!r}")
 
 
+def _add_note(fig: Figure, note: str | None) -> None:
+    """Print `note` under the panels (a figure-level label, so the layout leaves room for it)."""
+    if note:
+        fig.supxlabel(note, color="firebrick", fontsize=10).set_gid("note")
+
+
 def _regression(ax: Axes, x: np.ndarray, y: np.ndarray) -> str:
-    """Draw the least-squares line over all points; return 'r = .., p = ..' for the title."""
+    """Draw the least-squares line over all points; return 'r = .., p = ..' for the title.
+
+    Without a defined correlation (fewer than 3 points, a constant axis) no line is drawn: a line
+    through two points would look like evidence.
+    """
     res = correlate(x, y, "pearson", n_boot=0)
-    if res["n"] >= 2 and np.ptp(x) > 0:
-        slope, intercept = np.polyfit(x, y, 1)
-        xs = np.array([x.min(), x.max()])
-        ax.plot(xs, intercept + slope * xs, color="black", lw=1.2, ls="--", label="_fit")
+    if not np.isfinite(res["statistic"]):
+        return f"r undefined (n = {res['n']})"
+    slope, intercept = np.polyfit(x, y, 1)
+    xs = np.array([x.min(), x.max()])
+    ax.plot(xs, intercept + slope * xs, color="black", lw=1.2, ls="--", label="_fit")
     return f"r = {res['statistic']:.3f}, p = {res['p_value']:.3f} (n = {res['n']})"
 
 
@@ -62,6 +75,7 @@ def scatter_sharpness(
     targets: Sequence[str] = ("test_all", "seen", "unseen"),
     *,
     title: str | None = None,
+    note: str | None = None,
 ) -> Figure:
     """One panel per target: runs coloured by optimiser, shaped by architecture, pooled fit.
 
@@ -97,11 +111,14 @@ def scatter_sharpness(
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     if title:
         fig.suptitle(title)
+    _add_note(fig, note)
     _save(fig, out_png)
     return fig
 
 
-def device_facets(df: pd.DataFrame, measure: str, out_png: str | Path) -> Figure:
+def device_facets(
+    df: pd.DataFrame, measure: str, out_png: str | Path, *, note: str | None = None
+) -> Figure:
     """Accuracy per recording device against sharpness; seen and unseen devices in two colours."""
     columns = [f"acc_{d}" for d in DEVICES]
     _require(df, [measure, *columns])
@@ -120,14 +137,23 @@ def device_facets(df: pd.DataFrame, measure: str, out_png: str | Path) -> Figure
         ax.set_ylabel("accuracy")
         ax.set_gid(col)
     fig.suptitle(f"Per-device accuracy against {measure}")
+    _add_note(fig, note)
     _save(fig, out_png)
     return fig
 
 
 def correlation_heatmap(
-    corr_df: pd.DataFrame, out_png: str | Path, method: str = "spearman", group: str = "all"
+    corr_df: pd.DataFrame,
+    out_png: str | Path,
+    method: str = "spearman",
+    group: str = "all",
+    *,
+    note: str | None = None,
 ) -> Figure:
-    """Measures x targets map of one method's statistic within one group, values annotated."""
+    """Measures x targets map of one method's statistic within one group, values annotated.
+
+    NaN statistics (too few runs) leave their cells blank; the map is still drawn.
+    """
     _require(corr_df, ["group", "method", "measure", "target", "statistic"])
     sel = corr_df[(corr_df["method"] == method) & (corr_df["group"] == group)]
     if sel.empty:
@@ -150,5 +176,6 @@ def correlation_heatmap(
         cbar_kws={"label": method},
     )
     ax.set_title(f"{method} correlation, group {group}")
+    _add_note(fig, note)
     _save(fig, out_png)
     return fig

@@ -32,8 +32,9 @@ from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed, generator
 
 PURPOSE = "landscape"
-_SHARD_META_KEYS = ("run", "direction_seed", "fingerprint", "n_shards", "shard")
-_GRID_FIELDS = ("xmin", "xmax", "xnum", "ymin", "ymax", "ynum")
+_SHARD_META_KEYS = ("run", "direction_seed", "fingerprint", "n_shards", "shard", "split")
+# What a surface can be computed on: the model's own training clips, or the test fold.
+SPLITS = ("train", "test")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,10 +44,12 @@ _GRID_FIELDS = ("xmin", "xmax", "xnum", "ymin", "ymax", "ynum")
 def random_direction(model: nn.Module, gen: torch.Generator) -> list[Tensor]:
     """One filter-normalised Gaussian direction, one tensor per parameter (buffers excluded).
 
-    A Gaussian is drawn for every parameter, including those then zeroed, so that the random
-    stream matches the original code's order. Tensors with <= 1 dimension (biases, BN affine)
-    are zeroed; each output slice of the others is rescaled to the norm of the weight slice so
-    that the landscape is comparable across layers and scale-invariant networks.
+    A Gaussian is drawn for every parameter, including those then zeroed, so that a
+    direction's values do not depend on which tensors are zeroed; the stream comes from our own
+    generator (seeded from run and direction seed), so the numbers are not the original code's.
+    Tensors with <= 1 dimension (biases, BN affine) are zeroed; each output slice of the others
+    is rescaled to the norm of the weight slice so that the landscape is comparable across
+    layers and scale-invariant networks.
     """
     out = []
     for p in model.parameters():
@@ -334,7 +337,8 @@ def write_shard(
     """Write one shard's results as .npz, atomically.
 
     `meta` must hold run, direction_seed, fingerprint (surface_fingerprint of model and
-    directions), n_shards and shard; other keys are kept as JSON.
+    directions), n_shards, shard and split; other keys (clips, subset) are kept as JSON and
+    carried into surface.h5.
     """
     missing = [k for k in _SHARD_META_KEYS if k not in meta]
     if missing:
@@ -354,10 +358,9 @@ def write_shard(
         "fingerprint": np.array(str(meta["fingerprint"])),
         "n_shards": np.array(int(meta["n_shards"])),
         "shard": np.array(int(meta["shard"])),
+        "split": np.array(str(meta["split"])),
         "meta_json": np.array(json.dumps(extra, sort_keys=True, default=str)),
     }
-    for f in _GRID_FIELDS:
-        arrays[f] = np.array(getattr(grid, f))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -367,7 +370,8 @@ def _read_shard(path: Path) -> dict[str, Any]:
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
-            need = {"indices", "loss", "acc", "grid", "run", "direction_seed", "fingerprint"}
+            need = {"indices", "loss", "acc", "grid", "run", "direction_seed", "fingerprint",
+                    "split", "meta_json"}  # fmt: skip
             if not need <= keys:
                 raise ValueError(f"{path}: not a landscape shard (missing {sorted(need - keys)})")
             return {k: z[k] for k in z.files}
@@ -386,7 +390,9 @@ def gather(
 
     Refuses shard sets with a missing or duplicated grid point, or that mix grids, runs,
     direction seeds or fingerprints: a surface stitched from different models is silently wrong.
-    Datasets: xcoordinates, ycoordinates, train_loss and train_acc (fraction) as [iy, ix].
+    Datasets: xcoordinates, ycoordinates, and `<split>_loss`, `<split>_acc` as [iy, ix], named
+    after the split the surface was computed on (`train_loss` for the model's training clips)
+    with accuracy in percent, as loss-landscape's plotting scripts read them.
     """
     if not shard_paths:
         raise ValueError("gather: no shard files given")
@@ -394,7 +400,7 @@ def gather(
     shards = [_read_shard(p) for p in paths]
     first, ref = paths[0], shards[0]
     for p, s in zip(paths[1:], shards[1:], strict=True):
-        for key in ("grid", "run", "direction_seed", "fingerprint"):
+        for key in ("grid", "run", "direction_seed", "fingerprint", "split", "meta_json"):
             if s[key].item() != ref[key].item():
                 raise ValueError(
                     f"{p}: {key} {s[key].item()!r} differs from {first}'s {ref[key].item()!r}"
@@ -423,13 +429,16 @@ def gather(
         {"file": p.name, "shard": int(s.get("shard", -1)), "n_shards": int(s.get("n_shards", -1))}
         for p, s in zip(paths, shards, strict=True)
     ]
+    split = str(ref["split"].item())
     own = {
+        **json.loads(ref["meta_json"].item()),
         "run": str(ref["run"].item()),
         "direction_seed": int(ref["direction_seed"].item()),
+        "split": split,
         "fingerprint": str(ref["fingerprint"].item()),
         "grid": json.dumps(grid.to_dict(), sort_keys=True),
-        "partition": json.dumps(partition),
-        "acc_unit": "fraction",
+        "shards": json.dumps(partition),
+        "acc_unit": "percent",
         "index_order": "[iy, ix]",
     }
     clash = sorted(set(own) & set(attrs or {}))
@@ -439,8 +448,8 @@ def gather(
         with h5py.File(tmp, "w") as f:
             f.create_dataset("xcoordinates", data=grid.xcoordinates)
             f.create_dataset("ycoordinates", data=grid.ycoordinates)
-            f.create_dataset("train_loss", data=loss.reshape(grid.ynum, grid.xnum))
-            f.create_dataset("train_acc", data=acc.reshape(grid.ynum, grid.xnum))
+            f.create_dataset(f"{split}_loss", data=loss.reshape(grid.ynum, grid.xnum))
+            f.create_dataset(f"{split}_acc", data=100 * acc.reshape(grid.ynum, grid.xnum))
             for k, v in {**own, **(attrs or {})}.items():
                 f.attrs[k] = _h5_attr(v)
 
@@ -452,14 +461,19 @@ def _h5_attr(v: Any) -> Any:
 
 
 def read_surface(
-    path: str | Path, key: str = "train_loss"
+    path: str | Path, key: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, y, loss[iy, ix]) from a surface.h5, with one-line errors naming the file and key."""
+    """(x, y, loss[iy, ix]) from a surface.h5, with one-line errors naming the file and key.
+
+    `key` defaults to the file's loss dataset: `train_loss`, else `test_loss`.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: surface file not found")
     try:
         with h5py.File(path, "r") as f:
+            if key is None:
+                key = next((f"{s}_loss" for s in SPLITS if f"{s}_loss" in f), "train_loss")
             arrays = {}
             for name in ("xcoordinates", "ycoordinates", key):
                 if name not in f:
@@ -532,7 +546,7 @@ def evaluate_shard(
     model_path: str | Path,
     directions_path: str | Path,
     features_dir: str | Path,
-    partition: str,
+    split: str,
     subset: int | None,
     batch_size: int,
     grid: Grid,
@@ -543,12 +557,17 @@ def evaluate_shard(
 ) -> None:
     """One landscape job: load model, directions and clips, evaluate this shard, write it.
 
+    `split` "train" means exactly the clips the model was trained on, as listed in model.pt (all
+    of fold1_train with the paper's selection, fold1_train minus the hold-out otherwise): the
+    surface can never be computed on data the model did not fit. "test" is the test fold.
     Finished points go to `<out>.partial.json` as they are done, so a killed job rerun with the
     same inputs picks up where it stopped; the file is removed once the shard is written.
     """
     from .checkpoint import load_model
-    from .data import load_partition
+    from .data import load_clips, load_partition
 
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SPLITS}")
     device = device or pick_device()
     model, ckpt = load_model(model_path, device)
     dx, dy, meta = load_directions(directions_path)
@@ -556,14 +575,18 @@ def evaluate_shard(
         raise ValueError(f"{directions_path}: directions of run {meta.get('run')!r}, "
                          f"model {model_path} is run {ckpt['run']!r}")  # fmt: skip
     # The subset is fixed per run (not per direction seed), so all surfaces of a run agree.
-    data = load_partition(features_dir, partition, subset, seed=derive_seed(ckpt["run"], "subset"))
+    seed = derive_seed(ckpt["run"], "subset")
+    if split == "train":
+        data = load_clips(features_dir, "train", ckpt["train_clips"], subset, seed)
+    else:
+        data = load_partition(features_dir, "test", subset, seed)
     indices = shard_indices(grid.n_points, n_shards, shard)
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")
     log = get_logger()
     log.info("%s direction seed %s: shard %d/%d, %d of %d points, %d %s clips on %s",
              ckpt["run"], meta["direction_seed"], shard + 1, n_shards, len(indices),
-             grid.n_points, len(data), partition, device)  # fmt: skip
+             grid.n_points, len(data), split, device)  # fmt: skip
     results = evaluate_points(
         model, dx, dy, data.x.to(device), data.y.to(device), grid, indices,
         batch_size=batch_size, device=device, partial_path=partial, log=log,
@@ -574,7 +597,7 @@ def evaluate_shard(
         "fingerprint": surface_fingerprint(model, dx, dy),
         "n_shards": n_shards,
         "shard": shard,
-        "partition": partition,
+        "split": split,
         "subset": subset,
         "clips": len(data),
     })  # fmt: skip

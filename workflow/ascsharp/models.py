@@ -1,16 +1,19 @@
-"""PANNs CNN10 and CNN14 (Kong et al. 2020), trained from scratch on stored log-mel features.
+"""CNN10 and CNN14 as the study trained them: PANNs (Kong et al. 2020) bodies, from scratch.
 
 One definition, parametrised by a depth table, so that the two architectures cannot drift apart.
-Module and parameter names follow PANNs exactly (`bn0`, `conv_block{k}.conv1`, ..., `fc1`,
-`fc_audioset`) so that a PANNs checkpoint loads into it except for its 527-class head; the head
-keeps the name `fc_audioset` for that reason even though it predicts 10 scenes here. PANNs'
-waveform front end (`spectrogram_extractor`, `logmel_extractor`) and SpecAugment are not part of
-the model: features are computed once by the workflow and no augmentation is used.
+Where the study's variant differs from PANNs, the study wins: dropout 0.2 after every conv block,
+and after clip pooling no dropout at all (`relu(fc1(x))`, then the output layer; PANNs has a 0.5
+dropout before `fc1`). Parameter names are PANNs' (`bn0`, `conv_block{k}.conv1`, ..., `fc1`)
+and the 10-class head is `out`, as in the study's checkpoints, so that `load_pretrained` takes
+the study's released weights whole and a PANNs checkpoint except its 527-class `fc_audioset`.
+PANNs' waveform front end (`spectrogram_extractor`, `logmel_extractor`) and SpecAugment are not
+part of the model: features are computed once by the workflow and no augmentation is used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +74,7 @@ class PannsCnn(nn.Module):
             in_channels = out_channels
         fc = _scaled(spec.fc, width)
         self.fc1 = nn.Linear(in_channels, fc)
-        self.fc_audioset = nn.Linear(fc, n_classes)
+        self.out = nn.Linear(fc, n_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -108,10 +111,7 @@ class PannsCnn(nn.Module):
             x = F.dropout(x, p=0.2, training=self.training)
         x = x.mean(dim=3)  # over frequency
         x = x.amax(dim=2) + x.mean(dim=2)  # max + mean over time
-        x = F.dropout(x, p=0.5, training=self.training)
-        x = F.relu(self.fc1(x))
-        x = F.dropout(x, p=0.5, training=self.training)
-        return self.fc_audioset(x)
+        return self.out(F.relu(self.fc1(x)))
 
 
 def build_model(arch: str, n_classes: int = 10, width: float = 1.0, n_mels: int = 64) -> nn.Module:
@@ -130,19 +130,41 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_panns_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Load a PANNs checkpoint's matching tensors; return the keys skipped.
+# Keys of a PANNs checkpoint that are not part of this model: its waveform front end.
+_FRONT_END = ("spectrogram_extractor.", "logmel_extractor.")
 
-    The front end (`spectrogram_extractor.*`, `logmel_extractor.*`) and a head of another size
-    are skipped; every other model tensor must be present with the right shape.
+
+def load_pretrained(model: nn.Module, checkpoint: dict[str, Any]) -> list[str]:
+    """Load released weights into `model`; return the checkpoint keys that were not used.
+
+    Takes both forms in circulation: the study's (a plain state dict, head `out.*`) and PANNs'
+    (`{"model": state_dict, ...}`, head `fc_audioset.*`, plus the waveform front end). The front
+    end is skipped; a head is loaded when its shape fits (10 scenes) and skipped otherwise
+    (AudioSet's 527 classes). Every body tensor must be present with the right shape.
     """
+    state = checkpoint.get("model", checkpoint)
+    if not isinstance(state, dict):
+        raise ValueError("checkpoint: expected a state dict or a dict with key 'model'")
     own = model.state_dict()
-    skipped = [k for k, v in state_dict.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in state_dict and not k.startswith("fc_audioset.")]
+    renamed: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    for key, value in state.items():
+        target = (
+            "out." + key.removeprefix("fc_audioset.") if key.startswith("fc_audioset.") else key
+        )
+        if key.startswith(_FRONT_END) or target not in own:
+            unused.append(key)
+        elif own[target].shape != value.shape:
+            if not target.startswith("out."):
+                raise ValueError(
+                    f"checkpoint key {key!r} has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(own[target].shape)}"
+                )
+            unused.append(key)
+        else:
+            renamed[target] = value
+    missing = [k for k in own if k not in renamed and not k.startswith("out.")]
     if missing:
-        raise ValueError(f"PANNs state dict lacks key {missing[0]!r}")
-    wrong = [k for k in skipped if k in own and not k.startswith("fc_audioset.")]
-    if wrong:
-        raise ValueError(f"PANNs state dict key {wrong[0]!r} has the wrong shape")
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in skipped}, strict=False)
-    return skipped
+        raise ValueError(f"checkpoint lacks key {missing[0]!r}")
+    model.load_state_dict(renamed, strict=False)
+    return unused

@@ -126,11 +126,7 @@ def _train_epoch(
     """One pass over the shuffled training clips; returns running loss/accuracy and speed."""
     torch.manual_seed(derive_seed(run, "dropout", epoch))
     order = torch.randperm(len(fit), generator=generator(run, "shuffle", epoch)).to(device)
-    # Drop the incomplete last batch: BatchNorm cannot train on a single clip, and a reshuffle
-    # each epoch means every clip is still seen.
-    n_batches = len(fit) // batch_size
-    if n_batches == 0:
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(fit)} training clips")
+    n_batches = batch_count(len(fit), batch_size)
     progress = Progress(n_batches, "batches", log)
     report_every = max(1, n_batches // 5)
     loss_sum, correct, seen = 0.0, 0, 0
@@ -158,6 +154,15 @@ def _train_epoch(
         "clips_per_s": seen / seconds,
         "seconds": seconds,
     }
+
+
+def batch_count(n_clips: int, batch_size: int) -> int:
+    """Batches per epoch: every clip counts, except that a last batch of a single clip is
+    dropped (BatchNorm cannot normalise one clip; the reshuffle still shows it next epoch)."""
+    if batch_size > n_clips:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n_clips} training clips")
+    full, rest = divmod(n_clips, batch_size)
+    return full + (rest > 1)
 
 
 def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -233,6 +238,9 @@ def _finish(
         "hyperparameters": hp,
         "selection": settings.selection,
         "selected_on": "test" if paper else "validation",
+        # The study's protocol picks the epoch on the test fold: its test accuracies are then
+        # optimistic. Flagged in every file so that no table mixes the two unknowingly.
+        "test_leak": paper,
         "epoch": state["best_epoch"],
         "epochs_trained": state["epoch"],
         "converged": converged,
@@ -262,6 +270,8 @@ def _finish(
             "epoch": state["best_epoch"],
             "selection": settings.selection,
             "train_settings": asdict(settings),
+            # The landscape is the mean loss over exactly these clips (fold1_train or its part).
+            "train_clips": fit.table["filename"].tolist(),
             "features": feature_settings or {},
             "provenance": metrics["provenance"],
         },

@@ -67,7 +67,7 @@ rule figures:
 
 rule paper_table:
     input:
-        "workflow/reference/paper_results_icassp2024.csv",
+        PAPER_TABLE,
     output:
         correlations="results/paper/correlations.tsv",
         summary="results/paper/summary.tsv",

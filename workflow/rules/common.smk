@@ -17,6 +17,10 @@ config.update(_validated)
 RUNS = Paramspace(expand_grid(config["grid"]), single_wildcard="run")
 RUN_IDS = list(RUNS.instance_patterns)
 DATA_ROOT = config["dataset"]["root"]
+# Files shipped with the workflow, found from the Snakefile so that `--directory` works.
+PAPER_TABLE = str(
+    Path(workflow.basedir) / "workflow/reference/paper_results_icassp2024.csv"
+)
 LAND = config["landscape"]
 SHARDS = range(LAND["shards"])
 FOLD_OF_STORE = {"train": "train", "test": "evaluate"}

@@ -23,7 +23,6 @@ rule landscape_shard:
         features=multiext(
             "results/features/", "train.npy", "train.tsv", "test.npy", "test.tsv"
         ),
-        holdout="results/features/validation.tsv",
     output:
         "results/landscapes/{run}/direction_seed~{direction_seed}/shard~{shard}.npz",
     log:
@@ -42,7 +41,7 @@ rule landscape_shard:
         subset=f"--subset {LAND['subset']}" if LAND["subset"] else "",
     shell:
         "ascsharp landscape-shard --model {input.model} --directions {input.directions}"
-        " --features results/features --partition {params.land[partition]} {params.subset}"
+        " --features results/features --split {params.land[split]} {params.subset}"
         " --batch-size {params.land[batch_size]} --shards {params.land[shards]}"
         " --shard {wildcards.shard} {params.grid} --threads {threads} --out {output} 2> {log}"
 
