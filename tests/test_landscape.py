@@ -215,6 +215,32 @@ def test_evaluate_matches_independent_reference_and_restores(setup):
     assert len({round(v[0], 6) for v in res.values()}) > 10  # surface is not flat
 
 
+@pytest.mark.parametrize("arch", ["cnn10", "cnn14"])
+def test_folded_batchnorm_gives_the_unfolded_surface(arch):
+    """BN folded into the convs (the fast path) changes the loss only by float rounding, at
+    perturbed points too (the fold must follow the perturbed conv weights)."""
+    from ascsharp.models import build_model
+
+    torch.manual_seed(3)
+    model = build_model(arch, width=1 / 16, n_mels=32).train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(8, 32, 32) * 2 + 1)
+    model.eval()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(12, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
+    dx, dy = make_directions(model, "run~fold", 42)
+    grid = Grid(-0.5, 0.5, 3, -0.5, 0.5, 3)
+    kw = {"batch_size": 5, "device": "cpu", "log": LOG}
+    fast = evaluate_points(model, dx, dy, x, y, grid, range(9), **kw)
+    plain = evaluate_points(model, dx, dy, x, y, grid, range(9), fold_bn=False, **kw)
+    for p in range(9):
+        assert fast[p][0] == pytest.approx(plain[p][0], rel=1e-5), p
+        want, _ = reference_point(model, dx, dy, *grid.coords(p), x, y)
+        assert plain[p][0] == pytest.approx(want, rel=1e-5), p
+    assert len({round(v[0], 5) for v in fast.values()}) > 5  # the perturbations do something
+
+
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 22, 23, 100])
 def test_loss_is_sum_over_all_clips_over_n(setup, batch_size):
     model, dx, dy, x, y = setup

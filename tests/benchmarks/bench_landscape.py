@@ -1,11 +1,18 @@
-"""Grid points per second: evaluate_points (data in memory) vs the original's per-point DataLoader.
+"""Landscape throughput: fraction of the device's peak; speed-up over the original's data path.
+
+`--peak` (the default): for CNN10 at the demo width (1/8) and full width, the forward FLOPs per
+clip (torch.utils.flop_counter), the device's dense GEMM rate measured in the same run, grid points
+per second of evaluate_points with and without BatchNorm folding, the achieved FLOP/s as a
+fraction of the GEMM rate, and the time one paper grid point (13,962 clips x 1001 frames) would
+take on this device at that rate (an extrapolation). `--naive`: the comparison below.
+
 
 The original study's code (EIHW/ASC_Sharpness, on top of loss-landscape) iterated, for every grid
 point, a DataLoader (num_workers=4, so the workers are forked again per point) over a Dataset that
 looks each clip's .npy path up in a pandas table and np.load()s it, and perturbed the weights with
 `p.data = w + step * d`. The naive baseline here does the same. Both paths run on the same model,
 data, grid points and batch size, in the same process, so the ratio is meaningful; the absolute
-rates are not. Run: `python tests/benchmarks/bench_landscape.py [--model tiny|cnn10] [--clips N]`.
+rates are not. Run: `python tests/benchmarks/bench_landscape.py --naive [--model tiny|cnn10]`.
 """
 
 from __future__ import annotations
@@ -106,7 +113,7 @@ def build(name: str, n_mels: int) -> nn.Module:
     return TinyStandIn(n_mels)
 
 
-def main() -> None:
+def naive_main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["tiny", "cnn10"], default="tiny")
     ap.add_argument("--clips", type=int, default=512)
@@ -120,7 +127,7 @@ def main() -> None:
     ap.add_argument(
         "--naive-workers", type=int, default=4, help="DataLoader workers of the baseline (orig.: 4)"
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     # The original ran 4 workers whatever the core count; do not nag about copying it.
     warnings.filterwarnings("ignore", message="This DataLoader will create")
@@ -182,6 +189,94 @@ def main() -> None:
         f"{paired[len(paired) // 2]:.2f}x median of paired runs "
         f"(max |loss difference| {diff:.2e})"
     )
+
+
+PAPER_CLIPS, PAPER_FRAMES = 13_962, 1001
+
+
+def gemm_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Dense float32 GEMM FLOP/s of this device and thread count: the practical peak."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+
+    def run():
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run()
+    return 2 * n**3 / min(_time(run) for _ in range(repeats))
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops()
+
+
+def peak_main(argv: list[str]) -> None:
+    from ascsharp.models import build_model
+
+    ap = argparse.ArgumentParser(description="fraction of peak of the landscape forward")
+    ap.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0])
+    ap.add_argument("--arch", default="cnn10")
+    ap.add_argument("--frames", type=int, default=PAPER_FRAMES)
+    ap.add_argument("--clips", type=int, default=None, help="default: 64 at width <= 1/4, else 4")
+    ap.add_argument("--points", type=int, default=2, help="grid points per timed run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    quiet = logging.getLogger("bench_landscape.quiet")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    peak = gemm_rate(device)
+    print(f"device={device} threads={args.threads} arch={args.arch} frames={args.frames}")
+    print(f"GEMM (float32, 2048^2): {peak / 1e9:.1f} GFLOP/s, measured in this run")
+    grid = Grid(-0.25, 0.25, 3, -0.25, 0.25, 3)
+    indices = list(range(args.points))
+    for width in args.widths:
+        clips = args.clips or (64 if width <= 0.25 else 4)
+        torch.manual_seed(0)
+        model = build_model(args.arch, width=width).eval().to(device)
+        x = torch.randn(clips, 64, args.frames, device=device)
+        y = torch.randint(0, 10, (clips,), device=device)
+        flops_per_clip = forward_flops(model, x[:1])
+        dx, dy = make_directions(model, "bench", 0)
+
+        kw = {"batch_size": min(clips, 64), "device": device, "log": quiet}
+
+        def points(fold: bool, model=model, x=x, y=y, dx=dx, dy=dy, kw=kw):
+            evaluate_points(model, dx, dy, x, y, grid, indices, fold_bn=fold, **kw)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        print(f"width {width:g}: {flops_per_clip / 1e9:.3f} GFLOP per clip forward, {clips} clips")
+        for fold in (False, True):
+            points(fold)  # warm-up: allocator, oneDNN/cuDNN kernel choice
+            seconds = min(_time(lambda fold=fold: points(fold)) for _ in range(args.repeats))
+            rate = flops_per_clip * clips * args.points / seconds
+            paper_point = flops_per_clip * PAPER_CLIPS * PAPER_FRAMES / args.frames / rate
+            label = "BN folded, channels-last" if fold else "plain eval forward      "
+            print(
+                f"  {label}: {args.points / seconds:8.3f} points/s, {rate / 1e9:7.1f} GFLOP/s"
+                f" = {rate / peak:6.1%} of GEMM; one paper grid point here: {paper_point:,.0f} s"
+                " (extrapolated)"
+            )
+
+
+def main() -> None:
+    import sys
+
+    argv = sys.argv[1:]
+    if "--naive" in argv:
+        naive_main([a for a in argv if a != "--naive"])
+    else:
+        peak_main([a for a in argv if a != "--peak"])
 
 
 def _time(fn) -> float:

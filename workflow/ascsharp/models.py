@@ -12,12 +12,14 @@ part of the model: features are computed once by the workflow and no augmentatio
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,48 @@ class PannsCnn(nn.Module):
         x = x.mean(dim=3)  # over frequency
         x = x.amax(dim=2) + x.mean(dim=2)  # max + mean over time
         return self.out(F.relu(self.fc1(x)))
+
+
+def fold_batchnorm(model: PannsCnn) -> PannsCnn:
+    """An eval-only copy of `model` in which every conv absorbs the BatchNorm after it.
+
+    In eval mode BN is an affine map per channel, so conv+BN equals one conv with scaled weights
+    and a bias (exact up to float rounding) and the forward skips a full pass over every
+    activation map: what a landscape grid point spends its time on. Weights are copied in by
+    `refold_`, which the landscape calls after each perturbation of `model`.
+    """
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if isinstance(block, ConvBlock):
+            for conv_name, bn_name in _CONV_BN:
+                conv = getattr(block, conv_name)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                  padding=conv.padding, bias=True)  # fmt: skip
+                setattr(block, conv_name, fused.to(conv.weight.device, conv.weight.dtype))
+                setattr(block, bn_name, nn.Identity())
+    refold_(folded, model)
+    return folded
+
+
+_CONV_BN = (("conv1", "bn1"), ("conv2", "bn2"))
+
+
+@torch.no_grad()
+def refold_(folded: PannsCnn, model: PannsCnn) -> None:
+    """Copy `model`'s current weights into `folded` (made by fold_batchnorm), folding each BN."""
+    source = dict(model.named_modules())
+    for name, block in folded.named_modules():
+        if isinstance(block, ConvBlock):
+            for conv_name, bn_name in _CONV_BN:
+                conv, bn = getattr(source[name], conv_name), getattr(source[name], bn_name)
+                weight, bias = fuse_conv_bn_weights(
+                    conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                    bn.weight, bn.bias,
+                )  # fmt: skip
+                getattr(block, conv_name).weight.copy_(weight)
+                getattr(block, conv_name).bias.copy_(bias)
+    for layer in ("bn0", "fc1", "out"):
+        getattr(folded, layer).load_state_dict(getattr(model, layer).state_dict())
 
 
 def build_model(arch: str, n_classes: int = 10, width: float = 1.0, n_mels: int = 64) -> nn.Module:
