@@ -55,8 +55,9 @@ class ConvBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(x)))
+        # In place, as PANNs: the activation maps dominate memory traffic at small widths.
+        x = F.relu_(self.bn1(self.conv1(x)))
+        return F.relu_(self.bn2(self.conv2(x)))
 
 
 class PannsCnn(nn.Module):
