@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -552,6 +553,17 @@ def plot_surface(
         fig.savefig(tmp, format="png", dpi=150)
 
 
+def _seconds_since_process_start() -> float:
+    """Wall time since this process started (Linux /proc; NaN elsewhere): the job's start-up
+    cost, which decides how finely a surface may be sharded."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def evaluate_shard(
     *,
     model_path: str | Path,
@@ -595,9 +607,10 @@ def evaluate_shard(
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")
     log = get_logger()
-    log.info("%s direction seed %s: shard %d/%d, %d of %d points, %d %s clips on %s",
+    log.info("%s direction seed %s: shard %d/%d, %d of %d points, %d %s clips on %s; "
+             "start-up %.1f s (process start to data in memory)",
              ckpt["run"], meta["direction_seed"], shard + 1, n_shards, len(indices),
-             grid.n_points, len(data), split, device)  # fmt: skip
+             grid.n_points, len(data), split, device, _seconds_since_process_start())  # fmt: skip
     results = evaluate_points(
         model, dx, dy, data.x.to(device), data.y.to(device), grid, indices,
         batch_size=batch_size, device=device, partial_path=partial, log=log,
