@@ -1,4 +1,4 @@
-"""The `ascsharp` command line (DESIGN.md §4): contracts, help, and one-line errors."""
+"""The `ascsharp` command line (docs/design.md): contracts, help, and one-line errors."""
 
 from __future__ import annotations
 
@@ -46,6 +46,22 @@ def test_sharpness_json_contract(tmp_path):
     assert out["points"] == 81
     legacy = json.loads(ascsharp("sharpness", str(surface), "--json").stdout)
     assert legacy["points"] == 77  # the original's floating-point disk on the paper grid
+
+
+def test_sharpness_json_is_strict_for_a_diverged_surface(tmp_path):
+    surface = write_bowl(tmp_path / "surface.h5")
+    with h5py.File(surface, "r+") as f:
+        loss = f["train_loss"][...]
+        loss[5, 6] = np.inf  # a diverged point inside the disk
+        f["train_loss"][...] = loss
+    proc = ascsharp("sharpness", str(surface), "--json")
+    assert proc.returncode == 0, proc.stderr
+
+    def refuse(constant: str):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    out = json.loads(proc.stdout, parse_constant=refuse)
+    assert out["sharpness"] is None and out["finite"] is False
 
 
 def test_sharpness_refuses_a_foreign_file_in_one_line(tmp_path):

@@ -2,6 +2,7 @@
 # Create (or update) the project's virtual environment in .venv: pip, pinned torch, the
 # `ascsharp` package (editable) with its dev tools. Does nothing when .venv is already in step
 # with pyproject.toml. Usage: bash workflow/setup-env.sh   (then: source .venv/bin/activate)
+# (With conda instead of a venv: envs/ascsharp.yaml says how; docs/design.md, "Environments".)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv

@@ -28,8 +28,9 @@ from ascsharp import io
 from ascsharp.meta import CITIES, DEVICES, SEEN_DEVICES, UNSEEN_DEVICES
 
 METHODS = ("pearson", "spearman", "kendall")
-# DESIGN.md §3's columns, then: the multiplicity family and its adjusted p-values, the groups a
-# granulated Kendall row skipped, and why a statistic is NaN (empty when it is not).
+# The contract's columns (docs/design.md, `ascsharp paper-table`), then: the multiplicity
+# family and its adjusted p-values, the groups a granulated Kendall row skipped, and why a
+# statistic is NaN (empty when it is not).
 CONTRACT_COLUMNS = [
     "group",
     "target",
@@ -542,7 +543,7 @@ def read_paper_table(csv_path: str | Path) -> pd.DataFrame:
 def paper_table(
     csv_path: str | Path, out_dir: str | Path, *, n_boot: int = 2000, seed: int = 0
 ) -> pd.DataFrame:
-    """Recompute the paper's correlations from its published table (DESIGN.md section 4).
+    """Recompute the paper's correlations from its published table (docs/design.md).
 
     Writes `summary.tsv` (the parsed table) and `correlations.tsv` (mean sharpness against
     test_all / seen / unseen; pearson, spearman, kendall; pooled and per optimiser and arch;

@@ -28,7 +28,7 @@ def command(name: str, help: str, arguments: Arguments):
 
 
 def _mel_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("log-mel settings (DESIGN.md §1)")
+    g = p.add_argument_group("log-mel settings (defaults: the paper's; see docs/design.md)")
     g.add_argument("--sample-rate", type=int, default=16000)
     g.add_argument("--n-fft", type=int, default=512)
     g.add_argument("--hop-length", type=int, default=160)
@@ -325,13 +325,13 @@ def _sharpness_args(p):
     _sharpness_args,
 )
 def _sharpness(args):
-    from .sharpness import sharpness_from_h5
+    from .sharpness import json_safe, sharpness_from_h5
 
     result = sharpness_from_h5(
         args.surface, radius=args.radius, reference=args.reference, region=args.region
     )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(json_safe(result), allow_nan=False))  # strict JSON: inf -> null
     else:
         print(
             f"{args.surface}: sharpness {result['sharpness']:.4f} "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,9 @@ import jsonschema
 import pandas as pd
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# The schema ships inside the package (package data), so an installed wheel validates exactly
+# as a checkout does; Snakemake reaches it through validate_config (workflow/rules/common.smk).
+SCHEMA_RESOURCE = "config.schema.yaml"
 # Order of the `{run}` path segments: arch~../optimizer~../lr~../batch_size~../seed~..
 RUN_KEYS: tuple[str, ...] = ("arch", "optimizer", "lr", "batch_size", "seed")
 _RUN_TYPES = {"arch": str, "optimizer": str, "lr": float, "batch_size": int, "seed": int}
@@ -26,8 +30,13 @@ class ConfigError(ValueError):
     """A configuration that the workflow refuses; the message names the key."""
 
 
+def schema_file() -> Traversable:
+    """The configuration schema as shipped in the installed package (every key, type, default)."""
+    return resources.files(__package__ or "ascsharp").joinpath(SCHEMA_RESOURCE)
+
+
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.safe_load(schema_file().read_text(encoding="utf-8"))
 
 
 def _with_defaults(validator_class):

@@ -162,12 +162,12 @@ def aggregate(per_seed: Sequence[float]) -> dict[str, float | int]:
     return {"mean": float(np.mean(v)), "std": std, "max": float(np.max(v)), "n": int(v.size)}
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Non-finite floats become None (strict JSON has no NaN/inf); the `finite` flags remain."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -207,7 +207,7 @@ def all_variants(path_by_seed: dict[int, Path], radius: float = 0.25) -> dict[st
                 agg[region][reference] = {**a, "finite": bool(np.all(np.isfinite(values)))}
             else:
                 agg[region][reference] = {"error": "not available for every seed"}
-    return _json_safe(
+    return json_safe(
         {
             "radius": float(radius),
             "default": {"region": "legacy-disk", "reference": "grid-min"},
