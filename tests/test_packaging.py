@@ -272,7 +272,7 @@ def test_design_doc_lists_every_command():
 
 
 def test_design_doc_states_the_correlation_columns():
-    from ascsharp.analysis import CONTRACT_COLUMNS, TABLE_COLUMNS
+    from ascsharp.correlation import CONTRACT_COLUMNS, TABLE_COLUMNS
 
     text = DESIGN.read_text()
     assert "    " + "  ".join(CONTRACT_COLUMNS) + "\n" in text

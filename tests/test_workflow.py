@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from workflow_run import ROOT, TINY, copy_project, env, snakemake
 
-from ascsharp.analysis import TABLE_COLUMNS
+from ascsharp.correlation import TABLE_COLUMNS
 
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
 SURFACE = f"results/landscapes/{RUN}/direction_seed~42/surface.h5"

@@ -308,6 +308,105 @@ def _surface_title(surface: Path) -> str:
     return ", ".join(parts[:3]) + "\n" + ", ".join(parts[3:])
 
 
+# --- measures beyond the landscape: Hessian, adaptive sharpness ------------------------------
+# Which options each measure takes (argparse dest -> option name); None on the command line
+# leaves the measure's own default (ascsharp.curvature.HessianOptions, ascsharp.adaptive.*).
+_MEASURE_OPTIONS = {
+    "hessian": ("top_k", "lanczos_tol", "trace_samples", "batch_size"),
+    "adaptive_average": ("rho", "samples", "plain", "parameters", "antithetic", "batch_size"),
+    "adaptive_worst": (
+        "rho",
+        "p",
+        "steps",
+        "restarts",
+        "m",
+        "step_size",
+        "plain",
+        "parameters",
+        "batch_size",
+    ),
+}
+
+
+def _measure_args(p):
+    p.add_argument("--measure", choices=list(_MEASURE_OPTIONS), required=True)
+    p.add_argument("--model", type=Path, required=True, help="results/models/{run}/model.pt")
+    p.add_argument(
+        "--features-train",
+        type=Path,
+        required=True,
+        help="the feature store the model was trained from (train.npy, its .tsv beside it)",
+    )
+    p.add_argument(
+        "--clips",
+        default="all",
+        help="N: a seeded subset of N of the model's training clips, the same for every "
+        "measure of a run; all: every one (default)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="results/measures/{run}/{measure}.json")
+    p.add_argument("--seed", type=int, default=0, help="noise / start-vector seed (with the run)")
+    p.add_argument("--batch-size", type=int, help="clips per chunk: memory only (32 / 64)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when visible)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g = p.add_argument_group("hessian")
+    g.add_argument("--top-k", type=int, help="top eigenvalues by Lanczos (5)")
+    g.add_argument("--lanczos-tol", type=float, help="ARPACK relative accuracy (1e-3)")
+    g.add_argument("--trace-samples", type=int, help="Hutchinson vectors (100)")
+    g = p.add_argument_group("adaptive sharpness (Andriushchenko et al. 2023)")
+    g.add_argument("--rho", type=float, help="radius / noise scale in |w| units (0.1)")
+    g.add_argument("--plain", action="store_true", default=None, help="T_w = I instead of |w|")
+    g.add_argument(
+        "--parameters",
+        choices=["all", "weights"],
+        help="perturb all parameters (default) or only tensors with >= 2 dimensions",
+    )
+    g.add_argument("--samples", type=int, help="average case: noise draws (100)")
+    g.add_argument(
+        "--antithetic", action="store_true", default=None, help="average case: +delta and -delta"
+    )
+    g.add_argument("--p", choices=["2", "inf"], help="worst case: norm of the ball (2)")
+    g.add_argument("--steps", type=int, help="worst case: ascent steps per restart (20)")
+    g.add_argument("--restarts", type=int, help="worst case: restarts per batch (3)")
+    g.add_argument("--m", help="worst case: clips per batch (m-sharpness, 128); all: one batch")
+    g.add_argument("--step-size", type=float, help="worst case: first step length (2 rho)")
+
+
+@command(
+    "measure",
+    "Hessian eigenvalues/trace or adaptive sharpness of one model on its training clips "
+    "(resumable)",
+    _measure_args,
+)
+def _measure(args):
+    from .measures import parse_clips, run_measure
+
+    allowed = _MEASURE_OPTIONS[args.measure]
+    options = {}
+    for dest in {d for names in _MEASURE_OPTIONS.values() for d in names}:
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if dest not in allowed:
+            flag = "--" + dest.replace("_", "-")
+            raise ValueError(f"{flag} does not apply to --measure {args.measure}")
+        if dest == "plain":
+            options["adaptive"] = False
+        elif dest == "m":
+            options["m"] = None if value == "all" else parse_clips(value)
+        else:
+            options[dest] = value
+    run_measure(
+        measure=args.measure,
+        model_path=args.model,
+        features_train=args.features_train,
+        clips=parse_clips(args.clips),
+        out=args.out,
+        options=options,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
 # --- sharpness --------------------------------------------------------------------------------
 def _sharpness_args(p):
     p.add_argument(
@@ -381,7 +480,7 @@ def _paper_table_args(p):
     _paper_table_args,
 )
 def _paper_table(args):
-    from .analysis import paper_table, read_paper_table
+    from .published import paper_table, read_paper_table
 
     table = paper_table(args.csv, args.out)
     _paper_table_log_granulated(table)
@@ -426,8 +525,8 @@ def _summarize_args(p):
     _summarize_args,
 )
 def _summarize(args):
-    from .analysis import summary_from_files
     from .io import write_table
+    from .summary import summary_from_files
 
     try:
         exclude = json.loads(args.exclude)
@@ -451,9 +550,10 @@ def _correlate_args(p):
 def _correlate(args):
     import pandas as pd
 
-    from .analysis import MIN_RUNS, SUBSETS, run_correlations, subset_runs
+    from .correlation import MIN_RUNS
     from .io import write_table
     from .progress import get_logger
+    from .summary import SUBSETS, run_correlations, subset_runs
 
     summary = pd.read_csv(args.summary, sep="\t")
     small = {s: len(subset_runs(summary, s)) for s in SUBSETS}
@@ -482,9 +582,10 @@ def _figures_args(p):
 def _figures(args):
     import pandas as pd
 
-    from .analysis import MIN_RUNS, SUBSETS, subset_runs
+    from .correlation import MIN_RUNS
     from .figures import correlation_heatmap, device_facets, scatter_sharpness
     from .progress import get_logger
+    from .summary import SUBSETS, subset_runs
 
     summary = pd.read_csv(args.summary, sep="\t")
     corr = pd.read_csv(args.correlations, sep="\t")

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ascsharp.analysis import correlate
+from ascsharp.correlation import correlate, require_columns
 from ascsharp.io import atomic_path
 from ascsharp.meta import DEVICES, SEEN_DEVICES
 
@@ -39,12 +39,6 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, out_png: str | Path) -> None:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str]) -> None:
-    for col in columns:
-        if col not in df.columns:
-            raise ValueError(f"figure data: missing column {col!r}")
 
 
 def _add_note(fig: Figure, note: str | None) -> None:
@@ -82,7 +76,7 @@ def scatter_sharpness(
     The `unseen` panel plots the mean over the unseen devices S4-S6 (the original study's
     "OOD" plot used a different column).
     """
-    _require(df, [measure, *targets, "optimizer", "arch"])
+    require_columns(df, [measure, *targets, "optimizer", "arch"], "figure data")
     hue_order = sorted(df["optimizer"].dropna().astype(str).unique())
     style_order = sorted(df["arch"].dropna().astype(str).unique())
     fig = _new_figure(4.2 * len(targets), 4.0)
@@ -121,7 +115,7 @@ def device_facets(
 ) -> Figure:
     """Accuracy per recording device against sharpness; seen and unseen devices in two colours."""
     columns = [f"acc_{d}" for d in DEVICES]
-    _require(df, [measure, *columns])
+    require_columns(df, [measure, *columns], "figure data")
     palette = sns.color_palette("colorblind", 2)
     fig = _new_figure(12.0, 10.0)
     axes = fig.subplots(3, 3, sharex=True, sharey=True).ravel()
@@ -154,7 +148,7 @@ def correlation_heatmap(
 
     NaN statistics (too few runs) leave their cells blank; the map is still drawn.
     """
-    _require(corr_df, ["group", "method", "measure", "target", "statistic"])
+    require_columns(corr_df, ["group", "method", "measure", "target", "statistic"], "figure data")
     sel = corr_df[(corr_df["method"] == method) & (corr_df["group"] == group)]
     if sel.empty:
         raise ValueError(f"correlation table: no rows with method {method!r} and group {group!r}")

@@ -11,14 +11,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ascsharp import analysis, figures
+from ascsharp import correlation, figures, published
+from ascsharp import summary as run_summary
 
 # The published table, shipped with the workflow (an unedited copy of the authors' release).
 PAPER_CSV = Path(__file__).resolve().parents[1] / "workflow/reference/paper_results_icassp2024.csv"
 
 
 def _raw_paper_columns(*names: str) -> dict[str, np.ndarray]:
-    """Read columns straight from the CSV with the csv module, independently of analysis.py."""
+    """Read columns straight from the CSV with the csv module, independently of published.py."""
     with PAPER_CSV.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     out: dict[str, list[float]] = {n: [] for n in names}
@@ -52,19 +53,19 @@ def xy() -> tuple[np.ndarray, np.ndarray]:
 )
 def test_correlate_matches_scipy_and_ci_brackets_estimate(xy, method, ref):
     x, y = xy
-    res = analysis.correlate(x, y, method, n_boot=500, seed=3)
+    res = correlation.correlate(x, y, method, n_boot=500, seed=3)
     expected = ref(x, y)
     assert res["n"] == 30
     assert res["statistic"] == pytest.approx(expected.statistic, abs=1e-12)
     assert res["p_value"] == pytest.approx(expected.pvalue, rel=1e-10)
     assert -1 <= res["ci_low"] < res["statistic"] < res["ci_high"] <= 1
-    again = analysis.correlate(x, y, method, n_boot=500, seed=3)
+    again = correlation.correlate(x, y, method, n_boot=500, seed=3)
     assert (again["ci_low"], again["ci_high"]) == (res["ci_low"], res["ci_high"])
-    other = analysis.correlate(x, y, method, n_boot=500, seed=4)
+    other = correlation.correlate(x, y, method, n_boot=500, seed=4)
     assert (other["ci_low"], other["ci_high"]) != (res["ci_low"], res["ci_high"])
 
 
-@pytest.mark.parametrize("method", [*analysis.METHODS, "partial_pearson"])
+@pytest.mark.parametrize("method", [*correlation.METHODS, "partial_pearson"])
 def test_bootstrap_resamples_pairs_not_coordinates(method):
     # r ~ 0.95: resampling x and y independently would centre the interval near 0.
     rng = np.random.default_rng(11)
@@ -73,15 +74,15 @@ def test_bootstrap_resamples_pairs_not_coordinates(method):
     assert stats.pearsonr(x, y).statistic > 0.93
     if method == "partial_pearson":
         df = pd.DataFrame({"x": x, "y": y})
-        res = analysis.partial_correlation(df, "x", "y", [], n_boot=1000, seed=0)
+        res = correlation.partial_correlation(df, "x", "y", [], n_boot=1000, seed=0)
     else:
-        res = analysis.correlate(x, y, method, n_boot=1000, seed=0)
+        res = correlation.correlate(x, y, method, n_boot=1000, seed=0)
     floor = 0.65 if method == "kendall" else 0.85
     assert floor < res["ci_low"] < res["statistic"] < res["ci_high"]
     assert res["ci_high"] - res["ci_low"] < 0.2
 
 
-@pytest.mark.parametrize("method", analysis.METHODS)
+@pytest.mark.parametrize("method", correlation.METHODS)
 def test_vectorised_bootstrap_statistics_equal_scipy_per_resample(method, monkeypatch):
     # Integer data make ties, and resampling makes duplicated pairs: tau-b must handle both.
     rng = np.random.default_rng(7)
@@ -89,8 +90,8 @@ def test_vectorised_bootstrap_statistics_equal_scipy_per_resample(method, monkey
     y = (x + rng.integers(0, 3, size=12)).astype(float)
     idx = rng.integers(0, 12, size=(40, 12))
     # A tiny chunk forces the Kendall path through several memory-bounded chunks.
-    monkeypatch.setattr(analysis, "_KENDALL_CHUNK_ELEMENTS", 3 * 144)
-    got = analysis._statistic_rows(x[idx], y[idx], method)
+    monkeypatch.setattr(correlation, "_KENDALL_CHUNK_ELEMENTS", 3 * 144)
+    got = correlation._statistic_rows(x[idx], y[idx], method)
     scipy_fn = {
         "pearson": stats.pearsonr,
         "spearman": stats.spearmanr,
@@ -100,29 +101,29 @@ def test_vectorised_bootstrap_statistics_equal_scipy_per_resample(method, monkey
     np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", analysis.METHODS)
+@pytest.mark.parametrize("method", correlation.METHODS)
 def test_degenerate_resamples_are_nan_and_skipped(method):
     rows = np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]])
-    got = analysis._statistic_rows(rows, np.array([[1.0, 2.0, 3.0], [3.0, 3.0, 3.0]]), method)
+    got = correlation._statistic_rows(rows, np.array([[1.0, 2.0, 3.0], [3.0, 3.0, 3.0]]), method)
     assert np.isnan(got).all()
     # With x = [0, 0, 1] about a third of the resamples are constant; the CI still exists.
-    res = analysis.correlate([0, 0, 1], [0.1, 0.3, 0.9], method, n_boot=300, seed=0)
+    res = correlation.correlate([0, 0, 1], [0.1, 0.3, 0.9], method, n_boot=300, seed=0)
     assert math.isfinite(res["ci_low"]) and math.isfinite(res["ci_high"])
 
 
 def test_correlate_nan_handling():
     x = np.array([1.0, 2.0, np.nan, 4.0, 5.0, 6.0])
     y = np.array([2.0, 1.0, 3.0, np.nan, 7.0, 5.0])
-    res = analysis.correlate(x, y, "pearson", n_boot=100)
+    res = correlation.correlate(x, y, "pearson", n_boot=100)
     assert res["n"] == 4
     assert res["statistic"] == pytest.approx(stats.pearsonr([1, 2, 5, 6], [2, 1, 7, 5]).statistic)
-    small = analysis.correlate([1.0, np.nan, 2.0], [1.0, 2.0, 3.0], "kendall")
+    small = correlation.correlate([1.0, np.nan, 2.0], [1.0, 2.0, 3.0], "kendall")
     assert small["n"] == 2
     assert all(math.isnan(small[k]) for k in ("statistic", "p_value", "ci_low", "ci_high"))
-    const = analysis.correlate([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0], "spearman")
+    const = correlation.correlate([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0], "spearman")
     assert const["n"] == 4 and math.isnan(const["statistic"]) and math.isnan(const["ci_low"])
     with pytest.raises(ValueError, match="'cosine'"):
-        analysis.correlate(x, y, "cosine")
+        correlation.correlate(x, y, "cosine")
 
 
 # --- partial correlation, granulated Kendall, Holm -------------------------------------------
@@ -141,7 +142,7 @@ def _grouped_frame(n: int = 40, seed: int = 0) -> pd.DataFrame:
 
 def test_partial_correlation_equals_precision_matrix_and_regression_t_test():
     df = _grouped_frame()
-    res = analysis.partial_correlation(df, "x", "y", ["optimizer", "arch"], n_boot=300)
+    res = correlation.partial_correlation(df, "x", "y", ["optimizer", "arch"], n_boot=300)
     dummies = pd.get_dummies(df[["optimizer", "arch"]], drop_first=True).to_numpy(float)
     # Partial correlation from the precision matrix of (x, y, covariates).
     prec = np.linalg.inv(np.cov(np.column_stack([df["x"], df["y"], dummies]), rowvar=False))
@@ -160,11 +161,11 @@ def test_partial_correlation_equals_precision_matrix_and_regression_t_test():
 
 def test_partial_correlation_without_covariates_is_pearson_and_spearman_uses_ranks():
     df = _grouped_frame(seed=2)
-    plain = analysis.partial_correlation(df, "x", "y", [], n_boot=0)
+    plain = correlation.partial_correlation(df, "x", "y", [], n_boot=0)
     ref = stats.pearsonr(df["x"], df["y"])
     assert plain["statistic"] == pytest.approx(ref.statistic)
     assert plain["p_value"] == pytest.approx(ref.pvalue, rel=1e-8)
-    ranked = analysis.partial_correlation(df, "x", "y", [], "spearman", n_boot=0)
+    ranked = correlation.partial_correlation(df, "x", "y", [], "spearman", n_boot=0)
     assert ranked["statistic"] == pytest.approx(stats.spearmanr(df["x"], df["y"]).statistic)
 
 
@@ -182,7 +183,7 @@ def test_granulated_kendall_on_hand_made_grid():
     df = pd.DataFrame(rows, columns=["a", "b", "target"])
     df["measure"] = df["a"] + 10 * df["b"]
     df["seed"] = 0
-    res = analysis.granulated_kendall(df, "measure", "target", ["a", "b"])
+    res = correlation.granulated_kendall(df, "measure", "target", ["a", "b"])
     # Axis b: a = 1 -> tau = -1 (three points), a = 2 -> +1, a = 3 -> -1.
     assert res["per_axis"]["a"] == pytest.approx(2 / 3)
     assert res["per_axis"]["b"] == pytest.approx(-1 / 3)
@@ -196,13 +197,13 @@ def test_granulated_kendall_skips_undefined_groups():
         {"a": [1, 2, 1, 2], "b": [1, 1, 2, 2], "m": [5.0, 5.0, 1.0, 2.0], "t": [1.0, 2.0, 3.0, 4.0]}
     )
     df["seed"] = 42
-    res = analysis.granulated_kendall(df, "m", "t", ["a", "b"])
+    res = correlation.granulated_kendall(df, "m", "t", ["a", "b"])
     # b = 1 has a constant measure (tau undefined): only b = 2 counts for axis a.
     assert res["per_axis"]["a"] == pytest.approx(1.0)
     assert (res["n_groups"]["a"], res["n_skipped"]["a"]) == (1, 1)
     assert res["per_axis"]["b"] == pytest.approx(-1.0)  # a = 1 and a = 2: both discordant
     with pytest.raises(ValueError, match="'seed'"):
-        analysis.granulated_kendall(df.drop(columns="seed"), "m", "t", ["a", "b"])
+        correlation.granulated_kendall(df.drop(columns="seed"), "m", "t", ["a", "b"])
 
 
 def test_granulated_kendall_holds_the_seed_fixed():
@@ -221,7 +222,7 @@ def test_granulated_kendall_holds_the_seed_fixed():
         (2, 32, 1, 5.8, 0.46),
     ]
     df = pd.DataFrame(rows, columns=["lr", "batch_size", "seed", "m", "t"])
-    res = analysis.granulated_kendall(df, "m", "t", ["lr", "batch_size"])
+    res = correlation.granulated_kendall(df, "m", "t", ["lr", "batch_size"])
 
     def mean_tau(groups: list[list[int]]) -> float:
         d = df.to_numpy(float)
@@ -239,16 +240,16 @@ def test_granulated_kendall_holds_the_seed_fixed():
         [mean_tau([[0, 1, 4, 5], [2, 3, 6, 7]]), mean_tau([[0, 2, 4, 6], [1, 3, 5, 7]])]
     )
     assert seed_noise == pytest.approx(-0.5)  # lr: -1/3; batch_size: mean(-1/3, -1)
-    without_seed = analysis.granulated_kendall(df, "m", "t", ["lr", "batch_size"], fixed=())
+    without_seed = correlation.granulated_kendall(df, "m", "t", ["lr", "batch_size"], fixed=())
     assert without_seed["psi"] == pytest.approx(seed_noise)
 
 
 def test_granulated_kendall_on_the_published_table():
-    df = analysis.read_paper_table(PAPER_CSV)
+    df = published.read_paper_table(PAPER_CSV)
     axes = ["arch", "optimizer", "lr", "batch_size"]
     psi = {
-        t: analysis.granulated_kendall(df, "mean_sharpness", t, axes)
-        for t in analysis.PAPER_TARGETS
+        t: correlation.granulated_kendall(df, "mean_sharpness", t, axes)
+        for t in correlation.PAPER_TARGETS
     }
     # The seed-fixed groups: Psi is near zero, not the +0.158 that seed-pooled groups gave.
     assert psi["test_all"]["psi"] == pytest.approx(-0.03, abs=0.01)
@@ -260,17 +261,17 @@ def test_granulated_kendall_on_the_published_table():
 
 
 def test_holm_by_hand():
-    got = analysis.holm([0.01, 0.04, 0.03, np.nan, 0.5])
+    got = correlation.holm([0.01, 0.04, 0.03, np.nan, 0.5])
     # Sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1, then made monotone.
     np.testing.assert_allclose(got, [0.04, 0.09, 0.09, np.nan, 0.5])
 
 
 def test_benjamini_hochberg_by_hand_and_against_scipy():
     # Sorted 0.01, 0.02, 0.03, 0.5 times 4/1, 4/2, 4/3, 4/4, then made monotone from the top.
-    got = analysis.benjamini_hochberg([0.03, 0.01, np.nan, 0.5, 0.02])
+    got = correlation.benjamini_hochberg([0.03, 0.01, np.nan, 0.5, 0.02])
     np.testing.assert_allclose(got, [0.04, 0.04, np.nan, 0.5, 0.04])
     p = np.random.default_rng(5).uniform(size=50) ** 3
-    np.testing.assert_allclose(analysis.benjamini_hochberg(p), stats.false_discovery_control(p))
+    np.testing.assert_allclose(correlation.benjamini_hochberg(p), stats.false_discovery_control(p))
 
 
 def _table_row(group: str, target: str, measure: str, method: str, p: float) -> dict:
@@ -290,7 +291,7 @@ def test_headline_family_is_holm_adjusted_alone_and_the_rest_by_bh():
         _table_row("all", "test_all", "mean_sharpness", "partial_pearson", 0.040),
         _table_row("all", "test_all", "mean_sharpness", "granulated_kendall", np.nan),
     ]
-    out = analysis.adjust_p_values(pd.DataFrame(rows))
+    out = correlation.adjust_p_values(pd.DataFrame(rows))
     assert list(out["family"]) == ["headline"] * 4 + ["exploratory"] * 5
     # Holm over the three finite headline p-values: 0.002 x 3, 0.010 x 2, 0.040 x 1.
     np.testing.assert_allclose(out["p_holm"], [0.020, 0.040, 0.006] + [np.nan] * 6)
@@ -307,7 +308,7 @@ def test_correlation_table_columns_groups_and_extra_rows():
     df["seen"] = df["test_all"] + 0.1
     df["lr"] = np.tile([1e-3, 1e-4], 15)
     df["seed"] = np.repeat([42, 43, 44], 10)
-    table = analysis.correlation_table(
+    table = correlation.correlation_table(
         df, ["sharp"], ["test_all", "seen"], n_boot=50, granulated_axes=["optimizer", "lr"]
     )
     assert list(table.columns) == [
@@ -326,7 +327,7 @@ def test_correlation_table_columns_groups_and_extra_rows():
         "n_skipped",
         "reason",
     ]
-    basic = table[table["method"].isin(analysis.METHODS)]
+    basic = table[table["method"].isin(correlation.METHODS)]
     assert list(dict.fromkeys(basic["group"])) == [
         "all",
         "optimizer=adam",
@@ -352,7 +353,7 @@ def test_correlation_table_columns_groups_and_extra_rows():
     )
     partial = table[table.method == "partial_pearson"]
     assert set(partial.group) == {"all"} and len(partial) == 2
-    ref = analysis.partial_correlation(df, "sharp", "test_all", ["optimizer", "arch"], n_boot=0)
+    ref = correlation.partial_correlation(df, "sharp", "test_all", ["optimizer", "arch"], n_boot=0)
     assert partial[partial.target == "test_all"]["statistic"].item() == pytest.approx(
         ref["statistic"]
     )
@@ -360,7 +361,7 @@ def test_correlation_table_columns_groups_and_extra_rows():
     # Per target: Psi (group all, n runs) and one row per axis (n groups used, n_skipped).
     assert list(gran["group"]) == ["all", "axis=optimizer", "axis=lr"] * 2
     assert gran["p_value"].isna().all() and gran["ci_low"].isna().all()
-    ref = analysis.granulated_kendall(df, "sharp", "seen", ["optimizer", "lr"])
+    ref = correlation.granulated_kendall(df, "sharp", "seen", ["optimizer", "lr"])
     seen = gran[gran.target == "seen"].set_index("group")
     assert seen.loc["all", "statistic"] == pytest.approx(ref["psi"])
     assert seen.loc["all", "n"] == len(df) and pd.isna(seen.loc["all", "n_skipped"])
@@ -369,13 +370,13 @@ def test_correlation_table_columns_groups_and_extra_rows():
     assert seen.loc["axis=lr", "n_skipped"] == ref["n_skipped"]["lr"]
     # No mean_sharpness here: no headline row, everything is exploratory and BH-adjusted.
     assert set(table["family"]) == {"exploratory"} and table["p_holm"].isna().all()
-    np.testing.assert_allclose(table["p_bh"], analysis.benjamini_hochberg(table["p_value"]))
+    np.testing.assert_allclose(table["p_bh"], correlation.benjamini_hochberg(table["p_value"]))
     assert (table["reason"] == "").all()
 
 
 def test_correlation_table_missing_column():
     with pytest.raises(ValueError, match="'nope'"):
-        analysis.correlation_table(_grouped_frame(), ["x"], ["nope"], n_boot=0)
+        correlation.correlation_table(_grouped_frame(), ["x"], ["nope"], n_boot=0)
 
 
 def _sharpness_json(mean: float) -> dict:
@@ -401,9 +402,11 @@ def test_run_row_names_the_paper_variant_once():
         "test": {"accuracy": 0.5, "seen": 0.5, "unseen": 0.5, "uar": 0.5, "macro_f1": 0.5,
                  "loss": 1.0, "by_device": by_device, "by_city": {}},
         "train": {"accuracy": 0.9, "loss": 0.3},
+        "generalisation_gap": 0.4,
         "validation": None,
     }  # fmt: skip
-    row = analysis.run_row(metrics, _sharpness_json(7.0))
+    row = run_summary.run_row(metrics, _sharpness_json(7.0))
+    assert row["generalisation_gap"] == 0.4  # from metrics.json, not recomputed
     assert (row["mean_sharpness"], row["std_sharpness"], row["max_sharpness"]) == (7.0, 0.1, 8.0)
     assert row["sharpness_seed42"] == 7.0
     assert row["sharpness_disk_grid_min_mean"] == 14.0
@@ -439,19 +442,19 @@ def test_run_correlations_lists_no_measure_twice():
     summary = _small_summary(6)
     # A summary written before run_row dropped the duplicate column.
     summary["sharpness_legacy_disk_grid_min_mean"] = summary["mean_sharpness"]
-    table = analysis.run_correlations(summary, n_boot=0, seed=0)
+    table = run_summary.run_correlations(summary, n_boot=0, seed=0)
     assert set(table["measure"]) == {
         "mean_sharpness", "max_sharpness", "sharpness_disk_grid_min_mean"
     }  # fmt: skip
     # Families per subset: each subset has its own 9 headline rows.
     assert (table[table.family == "headline"].groupby("subset").size() == 9).all()
-    assert set(table["subset"]) == set(analysis.SUBSETS)
+    assert set(table["subset"]) == set(run_summary.SUBSETS)
 
 
 def test_run_correlations_with_two_runs_writes_nan_rows_with_a_reason():
-    table = analysis.run_correlations(_small_summary(2), n_boot=100, seed=0)
-    assert list(table.columns) == [*analysis.TABLE_COLUMNS, "subset"]
-    assert set(table["subset"]) == set(analysis.SUBSETS)
+    table = run_summary.run_correlations(_small_summary(2), n_boot=100, seed=0)
+    assert list(table.columns) == [*correlation.TABLE_COLUMNS, "subset"]
+    assert set(table["subset"]) == set(run_summary.SUBSETS)
     assert table["statistic"].isna().all() and table["p_value"].isna().all()
     assert table["p_holm"].isna().all() and table["p_bh"].isna().all()
     pooled = table[table.group == "all"]
@@ -467,7 +470,7 @@ def test_figures_command_with_two_runs_draws_figures_with_a_note(tmp_path):
 
     summary = _small_summary(2)
     summary.to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
-    corr = analysis.run_correlations(summary, n_boot=0, seed=0)
+    corr = run_summary.run_correlations(summary, n_boot=0, seed=0)
     corr.to_csv(tmp_path / "correlations.tsv", sep="\t", index=False)
     outs = {name: tmp_path / f"{name}.png" for name in ("scatter", "devices", "heatmap")}
     args = ["figures", "--summary", str(tmp_path / "summary.tsv")]
@@ -488,22 +491,11 @@ def test_figures_command_with_two_runs_draws_figures_with_a_note(tmp_path):
     assert "r undefined (n = 2)" in panel.get_title() and not panel.get_lines()
 
 
-def test_summarize_runs_adds_gap():
-    df = analysis.summarize_runs(
-        [
-            {"run": "a", "train_accuracy": 0.9, "test_all": 0.6},
-            {"run": "b", "train_accuracy": 0.8, "test_all": 0.7},
-        ]
-    )
-    np.testing.assert_allclose(df["generalisation_gap"], [0.3, 0.1])
-    assert "generalisation_gap" not in analysis.summarize_runs([{"run": "a"}]).columns
-
-
 # --- the paper's table ----------------------------------------------------------------------
 
 
 def test_read_paper_table():
-    df = analysis.read_paper_table(PAPER_CSV)
+    df = published.read_paper_table(PAPER_CSV)
     assert len(df) == 38
     assert df["optimizer"].value_counts().to_dict() == {"adam": 16, "gdtuo": 8, "sgd": 8, "kfac": 6}
     assert set(df["arch"]) == {"cnn10", "cnn14"}
@@ -525,14 +517,14 @@ def test_read_paper_table():
 
 
 def test_paper_pearson_reproduced_and_rank_methods_equal_scipy(tmp_path):
-    table = analysis.paper_table(PAPER_CSV, tmp_path, n_boot=200)
+    table = published.paper_table(PAPER_CSV, tmp_path, n_boot=200)
     written = pd.read_csv(tmp_path / "correlations.tsv", sep="\t")
     assert list(written.columns[:9]) == [
         "group", "target", "measure", "method", "n", "statistic", "p_value", "ci_low", "ci_high",
     ]  # fmt: skip
     # 7 groups x 3 targets x 3 methods, then per target Psi and its four axes.
     assert len(written) == 7 * 3 * 3 + 3 * 5
-    assert set(written["method"]) == {*analysis.METHODS, "granulated_kendall"}
+    assert set(written["method"]) == {*correlation.METHODS, "granulated_kendall"}
     assert set(written["target"]) == {"test_all", "seen", "unseen"}
     assert set(written["measure"]) == {"mean_sharpness"}
     assert set(written["group"]) == {
@@ -569,7 +561,7 @@ def test_paper_pearson_reproduced_and_rank_methods_equal_scipy(tmp_path):
 
 
 def test_paper_table_families(tmp_path):
-    table = analysis.paper_table(PAPER_CSV, tmp_path, n_boot=0)
+    table = published.paper_table(PAPER_CSV, tmp_path, n_boot=0)
     headline = table[table["family"] == "headline"]
     assert len(headline) == 9 and set(headline["group"]) == {"all"}
     assert set(headline["measure"]) == {"mean_sharpness"}
@@ -600,17 +592,17 @@ def _broken_copy(tmp_path: Path, old: str, new: str) -> Path:
 def test_bad_paper_tables_name_file_and_column(tmp_path):
     missing = tmp_path / "absent.csv"
     with pytest.raises(ValueError, match="absent.csv"):
-        analysis.read_paper_table(missing)
+        published.read_paper_table(missing)
     renamed = _broken_copy(tmp_path, "Test (all),", "Test all,")
     with pytest.raises(ValueError, match=r"broken\.csv.*'Test \(all\)'"):
-        analysis.read_paper_table(renamed)
+        published.read_paper_table(renamed)
     # Row 5's device A accuracy made non-numeric.
     garbled = _broken_copy(tmp_path, "0.567722,0.715152,", "0.567722,n/a,")
     with pytest.raises(ValueError, match=r"broken\.csv.*'A'.*'5'"):
-        analysis.read_paper_table(garbled)
+        published.read_paper_table(garbled)
     odd = _broken_copy(tmp_path, ",SGD,43,", ",RMSprop,43,")
     with pytest.raises(ValueError, match="RMSprop"):
-        analysis.read_paper_table(odd)
+        published.read_paper_table(odd)
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -630,7 +622,7 @@ def _png_ok(path: Path) -> bool:
 
 
 def test_scatter_plots_the_unseen_device_mean(tmp_path):
-    df = analysis.read_paper_table(PAPER_CSV)
+    df = published.read_paper_table(PAPER_CSV)
     out = tmp_path / "figs" / "scatter.png"
     fig = figures.scatter_sharpness(df, "mean_sharpness", out, title="paper")
     assert _png_ok(out)

@@ -1,4 +1,4 @@
-"""Statistics relating sharpness to generalisation, and the reproduction of the paper's table.
+"""Correlation statistics: tests, bootstrap intervals, partial and granulated Kendall, families.
 
 The paper reports a single Pearson r over 38 heterogeneous runs; that number mixes optimisers and
 architectures, so the table here also gives rank correlations, per-group correlations, a partial
@@ -17,15 +17,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-
-from ascsharp import io
-from ascsharp.meta import CITIES, DEVICES, SEEN_DEVICES, UNSEEN_DEVICES
 
 METHODS = ("pearson", "spearman", "kendall")
 # The contract's columns (docs/design.md, `ascsharp paper-table`), then: the multiplicity
@@ -43,6 +39,7 @@ CONTRACT_COLUMNS = [
     "ci_high",
 ]
 TABLE_COLUMNS = [*CONTRACT_COLUMNS, "family", "p_holm", "p_bh", "n_skipped", "reason"]
+# Accuracy on the whole test fold, on devices seen in training, on unseen devices.
 PAPER_TARGETS = ("test_all", "seen", "unseen")
 # The paper's claim: these rows (group `all`) are the confirmatory family.
 HEADLINE_MEASURE = "mean_sharpness"
@@ -53,7 +50,6 @@ MIN_RUNS = 3
 # Held fixed in every granulated Kendall group but never varied: seed noise is not a hyperparameter.
 GRANULATED_FIXED = ("seed",)
 GRANULATED_AXES = ("arch", "optimizer", "lr", "batch_size")
-PAPER_OPTIMIZERS = {"sgd": "sgd", "adam": "adam", "kfac": "kfac", "k-fac": "kfac", "gdtuo": "gdtuo"}
 
 # Elements of the (resamples x n x n) sign tensors built at once for the Kendall bootstrap.
 _KENDALL_CHUNK_ELEMENTS = 4_000_000
@@ -219,7 +215,7 @@ def partial_correlation(
     """
     if method not in ("pearson", "spearman"):
         raise ValueError(f"partial correlation supports pearson or spearman, not {method!r}")
-    _require_columns(df, [x, y, *covariates], "data frame")
+    require_columns(df, [x, y, *covariates], "data frame")
     d = df[[x, y, *covariates]].copy()
     d[x] = pd.to_numeric(d[x], errors="coerce")
     d[y] = pd.to_numeric(d[y], errors="coerce")
@@ -263,7 +259,7 @@ def granulated_kendall(
     if not axes:
         raise ValueError("granulated Kendall needs at least one axis")
     held = [c for c in fixed if c not in axes]
-    _require_columns(df, [measure, target, *axes, *held], "data frame")
+    require_columns(df, [measure, target, *axes, *held], "data frame")
     d = df[[measure, target, *axes, *held]].copy()
     d[measure] = pd.to_numeric(d[measure], errors="coerce")
     d[target] = pd.to_numeric(d[target], errors="coerce")
@@ -352,7 +348,7 @@ def adjust_p_values(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _require_columns(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+def require_columns(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     for col in columns:
         if col not in df.columns:
             raise ValueError(f"{where}: missing column {col!r}")
@@ -420,7 +416,7 @@ def correlation_table(
     """
     for m in methods:
         _check_method(m)
-    _require_columns(df, [*measures, *targets, *group_columns], "data frame")
+    require_columns(df, [*measures, *targets, *group_columns], "data frame")
     groups: list[tuple[str, pd.DataFrame]] = [("all", df)]
     for col in group_columns:
         for value in sorted(df[col].dropna().astype(str).unique()):
@@ -453,246 +449,3 @@ def correlation_table(
         _reason(r.n, r.statistic, r.p_value, r.method) for r in table[missing].itertuples()
     ]
     return adjust_p_values(table)[TABLE_COLUMNS]
-
-
-def summarize_runs(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per run from already-flattened dicts (hyperparameters, metrics, sharpness)."""
-    df = pd.DataFrame(list(runs))
-    if "train_accuracy" in df.columns and "test_all" in df.columns:
-        df["generalisation_gap"] = df["train_accuracy"] - df["test_all"]
-    return df
-
-
-def _paper_columns() -> dict[str, str]:
-    """Published header -> our column name (the seed column is matched by prefix separately)."""
-    cols = {
-        "ID": "id",
-        "Model": "arch",
-        "Batch Size": "batch_size",
-        "Learning Rate": "lr",
-        "Optimizer": "optimizer",
-        "Sharpn. (2D), rs 42": "sharpness_seed42",
-        "Sharpn. (2D), rs 43": "sharpness_seed43",
-        "Sharpn. (2D), rs 44": "sharpness_seed44",
-        "Mean Sharpness": "mean_sharpness",
-        "Std Sharpness": "std_sharpness",
-        "Max Sharpness": "max_sharpness",
-        "Test (all)": "test_all",
-    }
-    cols.update({dev.upper(): f"acc_{dev}" for dev in DEVICES})
-    cols.update({city: f"acc_{city}" for city in CITIES})
-    return cols
-
-
-def _normalise_optimizer(value: str, path: Path) -> str:
-    key = value.strip().lower()
-    if "gdtuo" in key:
-        return "gdtuo"
-    if key in PAPER_OPTIMIZERS:
-        return PAPER_OPTIMIZERS[key]
-    raise ValueError(f"{path}: unknown optimizer {value!r} in column 'Optimizer'")
-
-
-def read_paper_table(csv_path: str | Path) -> pd.DataFrame:
-    """Parse the published results table into one tidy row per trained model.
-
-    The sheet interleaves section headers and blank lines with the data; a data row is one
-    whose `Mean Sharpness` is numeric. `seen`/`unseen` are unweighted means over device
-    accuracies (device test sets are the same size to within one clip).
-    """
-    path = Path(csv_path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable CSV table ({exc})") from exc
-    mapping = _paper_columns()
-    _require_columns(raw, list(mapping), str(path))
-    seed_cols = [c for c in raw.columns if str(c).startswith("Seed")]
-    if not seed_cols:
-        raise ValueError(f"{path}: missing column 'Seed'")
-    mapping[seed_cols[0]] = "seed"
-
-    mean = pd.to_numeric(raw["Mean Sharpness"].str.strip(), errors="coerce")
-    data = raw.loc[mean.notna(), list(mapping)].rename(columns=mapping).reset_index(drop=True)
-    if data.empty:
-        raise ValueError(f"{path}: no rows with a numeric 'Mean Sharpness'")
-    inverse = {v: k for k, v in mapping.items()}
-    ids = data["id"].str.strip()  # as written, for error messages
-    for col in data.columns:
-        if col in ("arch", "optimizer"):
-            continue
-        values = pd.to_numeric(data[col].str.strip(), errors="coerce")
-        bad = values.isna()
-        if bad.any():
-            row = ids[bad.idxmax()]
-            raise ValueError(f"{path}: column {inverse[col]!r} is not numeric in row ID {row!r}")
-        data[col] = values
-    for col in ("id", "batch_size", "seed"):
-        data[col] = data[col].astype(int)
-    data["arch"] = data["arch"].str.strip().str.lower()
-    data["optimizer"] = [_normalise_optimizer(v, path) for v in data["optimizer"]]
-    data["seen"] = data[[f"acc_{d}" for d in SEEN_DEVICES]].mean(axis=1)
-    data["unseen"] = data[[f"acc_{d}" for d in UNSEEN_DEVICES]].mean(axis=1)
-    order = ["id", "arch", "batch_size", "lr", "optimizer", "seed"]
-    order += [c for c in data.columns if c not in order]
-    return data[order]
-
-
-def paper_table(
-    csv_path: str | Path, out_dir: str | Path, *, n_boot: int = 2000, seed: int = 0
-) -> pd.DataFrame:
-    """Recompute the paper's correlations from its published table (docs/design.md).
-
-    Writes `summary.tsv` (the parsed table) and `correlations.tsv` (mean sharpness against
-    test_all / seen / unseen; pearson, spearman, kendall; pooled and per optimiser and arch;
-    granulated Kendall over arch, optimizer, lr and batch size with the seed held fixed).
-    """
-    df = read_paper_table(csv_path)
-    table = correlation_table(
-        df,
-        [HEADLINE_MEASURE],
-        list(PAPER_TARGETS),
-        group_columns=("optimizer", "arch"),
-        methods=METHODS,
-        n_boot=n_boot,
-        seed=seed,
-        partial=False,
-        granulated_axes=GRANULATED_AXES,
-    )
-    out = Path(out_dir)
-    io.write_table(out / "summary.tsv", df)
-    io.write_table(out / "correlations.tsv", table)
-    return table
-
-
-# --- the workflow's own runs ------------------------------------------------------------------
-# Targets correlated with sharpness: the paper's three, then every device, every city, the gap.
-RUN_TARGETS = [
-    *PAPER_TARGETS,
-    *(f"acc_{d}" for d in DEVICES),
-    *(f"acc_{c}" for c in CITIES),
-    "generalisation_gap",
-]
-# Which runs enter a correlation table: `headline` drops analysis.exclude and unconverged runs,
-# `with_excluded` puts the hand-excluded runs back, `all_runs` uses every trained run.
-SUBSETS = ("headline", "with_excluded", "all_runs")
-# The variant the paper used; summary.tsv names it mean_/std_/max_sharpness.
-PAPER_VARIANT = ("legacy-disk", "grid-min")
-
-
-def _variant_name(region: str, reference: str) -> str:
-    return f"sharpness_{region}_{reference}".replace("-", "_")
-
-
-def run_row(metrics: dict[str, Any], sharp: dict[str, Any]) -> dict[str, Any]:
-    """Flatten one run's metrics.json and sharpness JSON into a summary row.
-
-    `mean_sharpness`/`std_sharpness`/`max_sharpness` are the paper's variant (legacy disk,
-    grid-minimum reference), named as in its table and only there, so that no measure enters the
-    correlations twice; every other variant has its own `sharpness_<region>_<reference>_*`.
-    """
-    test = metrics["test"]
-    row: dict[str, Any] = {"run": metrics["run"], **metrics["hyperparameters"]}
-    row.update(
-        converged=metrics["converged"],
-        selected_on=metrics["selected_on"],
-        epoch=metrics["epoch"],
-        test_all=test["accuracy"],
-        seen=test["seen"],
-        unseen=test["unseen"],
-        uar=test["uar"],
-        macro_f1=test["macro_f1"],
-        test_loss=test["loss"],
-        train_accuracy=metrics["train"]["accuracy"],
-        train_loss=metrics["train"]["loss"],
-        validation_accuracy=(metrics["validation"] or {}).get("accuracy", float("nan")),
-    )
-    row.update({f"acc_{d}": test["by_device"].get(d, float("nan")) for d in DEVICES})
-    row.update({f"acc_{c}": test["by_city"].get(c, float("nan")) for c in CITIES})
-    default = sharp["default"]
-    for region, by_reference in sharp["aggregate"].items():
-        for reference, agg in by_reference.items():
-            if (region, reference) == (default["region"], default["reference"]):
-                for stat in ("mean", "std", "max"):
-                    row[f"{stat}_sharpness"] = agg.get(stat, float("nan"))
-                for seed, per_seed in sharp["per_seed"].items():
-                    row[f"sharpness_seed{seed}"] = per_seed[region][reference].get("sharpness")
-                continue
-            name = _variant_name(region, reference)
-            for stat in ("mean", "std", "max"):
-                row[f"{name}_{stat}"] = agg.get(stat, float("nan"))
-    return row
-
-
-def summary_from_files(
-    metrics_paths: Sequence[Path], sharpness_paths: Sequence[Path], exclude: list[dict[str, Any]]
-) -> pd.DataFrame:
-    """summary.tsv: one row per run, with `excluded` and its reason from analysis.exclude."""
-    import json
-
-    from ascsharp.config import matches
-
-    sharp_by_run = {}
-    for path in sharpness_paths:
-        sharp_by_run[_run_of(Path(path), "results/sharpness")] = json.loads(Path(path).read_text())
-    rows = []
-    for path in metrics_paths:
-        metrics = json.loads(Path(path).read_text())
-        run = metrics.get("run")
-        if run not in sharp_by_run:
-            raise ValueError(f"{path}: no sharpness file for run {run!r}")
-        row = run_row(metrics, sharp_by_run[run])
-        reasons = [r.get("reason", "excluded in config") for r in exclude if matches(row, r)]
-        row["excluded"] = bool(reasons)
-        row["exclusion_reason"] = "; ".join(reasons)
-        rows.append(row)
-    return summarize_runs(rows)
-
-
-def _run_of(path: Path, prefix: str) -> str:
-    """`results/sharpness/arch~../seed~42.json` -> `arch~../seed~42`."""
-    text = path.as_posix()
-    start = text.find("arch~")
-    if start < 0:
-        raise ValueError(f"{path}: expected {prefix}/arch~.../seed~N.json")
-    return text[start:].removesuffix(".json")
-
-
-def subset_runs(summary: pd.DataFrame, subset: str) -> pd.DataFrame:
-    """The rows of summary.tsv that enter the correlations of `subset` (see SUBSETS)."""
-    converged = summary["converged"].astype(bool)
-    excluded = summary["excluded"].astype(bool)
-    keep = {"headline": converged & ~excluded, "with_excluded": converged}.get(subset)
-    if subset == "all_runs":
-        return summary
-    if keep is None:
-        raise ValueError(f"unknown subset {subset!r}: expected one of {SUBSETS}")
-    return summary[keep]
-
-
-def run_correlations(summary: pd.DataFrame, *, n_boot: int, seed: int) -> pd.DataFrame:
-    """correlations.tsv for the workflow's runs: every sharpness variant x target x subset.
-
-    Every subset gets its rows, also with fewer than MIN_RUNS runs (NaN statistics and a
-    `reason`), so that a grid of two models still finishes with a table and figures. p-value
-    families are per subset.
-    """
-    measures = [c for c in summary.columns if c.startswith("sharpness_") and c.endswith("_mean")]
-    # Summaries written before run_row dropped the duplicate hold the paper variant twice.
-    measures = [m for m in measures if m != f"{_variant_name(*PAPER_VARIANT)}_mean"]
-    measures = [HEADLINE_MEASURE, "max_sharpness", *measures]
-    measures = [m for m in measures if m in summary.columns and summary[m].notna().any()]
-    targets = [t for t in RUN_TARGETS if t in summary.columns and summary[t].notna().any()]
-    tables = []
-    for name in SUBSETS:
-        # Infinite sharpness (diverged landscape) cannot enter a correlation: drop, keep count in n.
-        df = subset_runs(summary, name).replace([np.inf, -np.inf], np.nan)
-        table = correlation_table(
-            df, measures, targets, n_boot=n_boot, seed=seed,
-            granulated_axes=[a for a in GRANULATED_AXES if df[a].nunique() > 1],
-        )  # fmt: skip
-        table["subset"] = name
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True)
