@@ -13,21 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ascsharp.figures import plot_surface
 from ascsharp.landscape import (
-    Grid,
     cosine_similarity,
     evaluate_points,
-    gather,
     load_directions,
     make_directions,
-    plot_surface,
     random_direction,
-    read_surface,
     save_directions,
-    shard_indices,
     surface_fingerprint,
-    write_shard,
 )
+from ascsharp.surface import Grid, gather, read_surface, shard_indices, write_shard
 
 torch.set_num_threads(1)
 LOG = logging.getLogger("test_landscape")

@@ -236,3 +236,13 @@ def test_all_variants_finite_aggregate(tmp_path):
 def _read(p):
     with h5py.File(p, "r") as f:
         return f["xcoordinates"][...], f["ycoordinates"][...], f["train_loss"][...]
+
+
+def test_surface_format_and_sharpness_need_no_torch():
+    """Reading surfaces and computing sharpness works where torch is absent (an analysis box)."""
+    import subprocess
+    import sys
+
+    code = "import sys, ascsharp.sharpness, ascsharp.surface; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

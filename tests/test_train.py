@@ -247,7 +247,8 @@ def test_landscape_is_computed_on_exactly_the_training_clips(
     """The surface's centre is the model's own training loss: same clips, whatever the mode."""
     import h5py
 
-    from ascsharp.landscape import Grid, evaluate_shard, gather, make_directions, save_directions
+    from ascsharp.landscape import evaluate_shard, make_directions, save_directions
+    from ascsharp.surface import Grid, gather
 
     settings = TrainSettings(epochs=1, width=0.125, selection=selection, eval_batch_size=64)
     metrics = train(feature_store, RUN, tmp_path / "m", settings)

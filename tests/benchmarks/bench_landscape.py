@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ascsharp.landscape import Grid, evaluate_points, make_directions
+from ascsharp.landscape import evaluate_points, make_directions
+from ascsharp.surface import Grid
 
 
 class TinyStandIn(nn.Module):

@@ -217,7 +217,7 @@ def _grid_arguments(p):
 
 
 def _grid(args):
-    from .landscape import Grid
+    from .surface import Grid
 
     return Grid(args.x[0], args.x[1], int(args.x[2]), args.y[0], args.y[1], int(args.y[2]))
 
@@ -294,8 +294,9 @@ def _gather_args(p):
     _gather_args,
 )
 def _gather(args):
+    from .figures import plot_surface
     from .io import provenance
-    from .landscape import gather, plot_surface
+    from .surface import gather
 
     gather(args.shards, args.out, attrs={"provenance": provenance()})
     if args.contour and args.surface3d:

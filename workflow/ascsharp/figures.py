@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from ascsharp.correlation import correlate, require_columns
 from ascsharp.io import atomic_path
 from ascsharp.meta import DEVICES, SEEN_DEVICES
+from ascsharp.surface import read_surface
 
 TARGET_LABELS = {
     "test_all": "test accuracy (all devices)",
@@ -173,3 +174,50 @@ def correlation_heatmap(
     _add_note(fig, note)
     _save(fig, out_png)
     return fig
+
+
+def plot_surface(
+    h5_path: str | Path, out_png_contour: str | Path, out_png_3d: str | Path, title: str
+) -> None:
+    """Contour and 3-D plots of a surface, written atomically (Agg, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    x, y, loss = read_surface(h5_path)
+    z = np.where(np.isfinite(loss), loss, np.nan)
+    xx, yy = np.meshgrid(x, y)
+    finite = z[np.isfinite(z)]
+    if finite.size == 0:
+        raise ValueError(f"{h5_path}: no finite loss values to plot")
+    lo, hi = float(finite.min()), float(finite.max())
+    # Log-spaced levels resolve the flat basin when the loss spans orders of magnitude.
+    use_log = lo > 0 and hi / lo > 10
+    if hi == lo:
+        levels = None
+    elif use_log:
+        levels = np.geomspace(lo, hi, 30)
+    else:
+        levels = np.linspace(lo, hi, 30)
+
+    fig = Figure(figsize=(5.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if levels is not None:
+        norm = LogNorm() if use_log else None
+        cs = ax.contour(xx, yy, z, levels=levels, cmap="viridis", norm=norm)
+        ax.clabel(cs, cs.levels[::5], inline=True, fontsize=7, fmt="%.3g")
+        fig.colorbar(cs, ax=ax, label="loss")
+    ax.plot([0], [0], "k+", markersize=8)
+    ax.set(xlabel=r"$\alpha$ (dx)", ylabel=r"$\beta$ (dy)", title=title, aspect="equal")
+    fig.tight_layout()
+    with atomic_path(out_png_contour) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+
+    fig = Figure(figsize=(6, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(projection="3d")
+    ax.plot_surface(xx, yy, z, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set(xlabel=r"$\alpha$", ylabel=r"$\beta$", zlabel="loss", title=title)
+    with atomic_path(out_png_3d) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)

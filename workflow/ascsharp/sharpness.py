@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ascsharp.surface import read_surface
+
 REGIONS = ("legacy-disk", "disk", "square")
 REFERENCES = ("grid-min", "centre")
 _RTOL = 1e-9
@@ -146,7 +148,6 @@ def sharpness(
 
 def sharpness_from_h5(path: str | Path, **kw: Any) -> dict[str, Any]:
     """sharpness() of a surface.h5 (train_loss [iy, ix]); keyword arguments as sharpness()."""
-    from ascsharp.landscape import read_surface  # lazy: keeps torch out of light imports
 
     x, y, loss = read_surface(path)
     return {**sharpness(x, y, loss, **kw), "file": str(path)}
@@ -183,7 +184,6 @@ def all_variants(path_by_seed: dict[int, Path], radius: float = 0.25) -> dict[st
     """
     if not path_by_seed:
         raise ValueError("all_variants: no surfaces given")
-    from ascsharp.landscape import read_surface
 
     seeds = sorted(path_by_seed)
     surfaces = {s: read_surface(path_by_seed[s]) for s in seeds}
