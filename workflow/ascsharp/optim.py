@@ -64,6 +64,10 @@ class Stepper:
     def _load(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def hyperparameters(self) -> dict[str, float]:
+        """Values the optimiser changes while training (logged per epoch); none by default."""
+        return {}
+
     @property
     def device(self) -> torch.device:
         return next(iter(self.model.parameters())).device

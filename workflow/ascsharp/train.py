@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,40 @@ class TrainSettings:
             raise ValueError(f"selection {self.selection!r}: expected 'validation' or 'paper'")
 
 
+@dataclass
+class Job:
+    """What one training job works on: fixed for the whole run."""
+
+    run: str
+    hyperparameters: dict[str, Any]
+    settings: TrainSettings
+    out_dir: Path
+    fit: Partition  # the clips the model learns from (listed in model.pt)
+    select: Partition  # the clips the epoch is selected on
+    test: Partition
+    feature_settings: dict[str, Any]
+
+    @property
+    def paper(self) -> bool:
+        return self.settings.selection == "paper"
+
+
+@dataclass
+class TrainState:
+    """Everything that changes from epoch to epoch; saved after each epoch for a resume."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_accuracy: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    diverged: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        # Shallow on purpose: asdict() would deep-copy every saved weight tensor.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def train(
     features_dir: str | Path,
     run: str,
@@ -52,13 +86,13 @@ def train(
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     log = get_logger()
-    hp = parse_run_id(run)
-    out_dir = Path(out_dir)
     device = device or pick_device()
     paper = settings.selection == "paper"
     fit = load_partition(features_dir, "train_all" if paper else "train").to(device)
     select = load_partition(features_dir, "test" if paper else "validation").to(device)
     test = select if paper else load_partition(features_dir, "test").to(device)
+    job = Job(run, parse_run_id(run), settings, Path(out_dir), fit, select, test,
+              feature_settings or {})  # fmt: skip
     log.info(
         "run %s on %s: %d training clips, selection on %s (%d clips), %d test clips",
         run,
@@ -69,32 +103,31 @@ def train(
         len(test),
     )
 
+    hp = job.hyperparameters
     torch.manual_seed(derive_seed(run, "init"))
     model = build_model(
         hp["arch"], n_classes=len(SCENES), width=settings.width, n_mels=fit.x.shape[1]
     ).to(device)
     stepper = make_stepper(hp["optimizer"], model, hp["lr"], seed=derive_seed(run, "optimizer"))
 
-    state = _resume(out_dir / RESUME_FILE, run, settings, model, stepper, log)
-    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
-        if state["diverged"]:
+    resume_file = job.out_dir / RESUME_FILE
+    state = _resume(resume_file, job, model, stepper, log)
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        if state.diverged:
             break
-        row = _train_epoch(run, epoch, settings, fit, stepper, hp["batch_size"], device, log)
+        row = _train_epoch(job, epoch, stepper, device, log)
         row["select_loss"], row["select_accuracy"] = loss_and_accuracy(
             predict(model, select.x, settings.eval_batch_size, settings.amp), select.y
         )
-        if hasattr(stepper, "hyperparameters"):
-            row.update(stepper.hyperparameters())
-        state["history"].append(row)
-        state["diverged"] = not math.isfinite(row["train_loss"])
+        row.update(stepper.hyperparameters())
+        state.history.append(row)
+        state.diverged = not math.isfinite(row["train_loss"])
         # Ties keep the earlier epoch; a diverged epoch is never selected.
-        if not state["diverged"] and row["select_accuracy"] > state["best_accuracy"]:
-            state.update(
-                best_accuracy=row["select_accuracy"],
-                best_epoch=epoch,
-                best_state=_detached(model.state_dict()),
-            )
-        state["epoch"] = epoch
+        if not state.diverged and row["select_accuracy"] > state.best_accuracy:
+            state.best_accuracy = row["select_accuracy"]
+            state.best_epoch = epoch
+            state.best_state = _detached(model.state_dict())
+        state.epoch = epoch
         log.info(
             "epoch %d/%d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.1f clips/s",
             epoch,
@@ -106,24 +139,14 @@ def train(
             row["select_accuracy"],
             row["clips_per_s"],
         )
-        _save_resume(out_dir / RESUME_FILE, run, settings, model, stepper, state)
+        _save_resume(resume_file, job, model, stepper, state)
 
-    return _finish(
-        run, hp, out_dir, settings, feature_settings, model, state, fit, select, test, paper, log
-    )
+    return _finish(job, model, state, log)
 
 
-def _train_epoch(
-    run: str,
-    epoch: int,
-    settings: TrainSettings,
-    fit: Partition,
-    stepper,
-    batch_size: int,
-    device: torch.device,
-    log,
-) -> dict[str, Any]:
+def _train_epoch(job: Job, epoch: int, stepper, device: torch.device, log) -> dict[str, Any]:
     """One pass over the shuffled training clips; returns running loss/accuracy and speed."""
+    run, fit, batch_size = job.run, job.fit, job.hyperparameters["batch_size"]
     torch.manual_seed(derive_seed(run, "dropout", epoch))
     order = torch.randperm(len(fit), generator=generator(run, "shuffle", epoch)).to(device)
     n_batches = batch_count(len(fit), batch_size)
@@ -135,7 +158,7 @@ def _train_epoch(
     for b in range(n_batches):
         idx = order[b * batch_size : (b + 1) * batch_size]
         xb, yb = fit.x[idx].float(), fit.y[idx]
-        with autocast(device, settings.amp):
+        with autocast(device, job.settings.amp):
             loss, logits = stepper.step(xb, yb)
         loss = float(loss)
         loss_sum += loss * len(yb)
@@ -170,20 +193,9 @@ def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _fresh_state() -> dict[str, Any]:
-    return {
-        "epoch": 0,
-        "history": [],
-        "best_epoch": 0,
-        "best_accuracy": -1.0,
-        "best_state": None,
-        "diverged": False,
-    }
-
-
-def _resume(path: Path, run: str, settings: TrainSettings, model, stepper, log) -> dict[str, Any]:
+def _resume(path: Path, job: Job, model, stepper, log) -> TrainState:
     if not path.exists():
-        return _fresh_state()
+        return TrainState()
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -191,35 +203,34 @@ def _resume(path: Path, run: str, settings: TrainSettings, model, stepper, log) 
             f"{path}: unreadable resume checkpoint ({type(e).__name__}); "
             "delete it to start the run afresh"
         ) from None
-    if saved.get("run") != run or saved.get("settings") != asdict(settings):
+    if saved.get("run") != job.run or saved.get("settings") != asdict(job.settings):
         raise ValueError(f"{path}: belongs to another run or settings; delete it to start afresh")
     model.load_state_dict(saved["model"])
     stepper.load_state_dict(saved["stepper"])
-    log.info("resuming %s after epoch %d", run, saved["state"]["epoch"])
-    return saved["state"]
+    log.info("resuming %s after epoch %d", job.run, saved["state"]["epoch"])
+    return TrainState(**saved["state"])
 
 
-def _save_resume(path: Path, run: str, settings: TrainSettings, model, stepper, state) -> None:
+def _save_resume(path: Path, job: Job, model, stepper, state: TrainState) -> None:
     with atomic_path(path) as tmp:
         torch.save(
             {
-                "run": run,
-                "settings": asdict(settings),
+                "run": job.run,
+                "settings": asdict(job.settings),
                 "model": model.state_dict(),
                 "stepper": stepper.state_dict(),
-                "state": state,
+                "state": state.to_dict(),
             },
             tmp,
         )
 
 
-def _finish(
-    run, hp, out_dir, settings, feature_settings, model, state, fit, select, test, paper, log
-) -> dict[str, Any]:
+def _finish(job: Job, model, state: TrainState, log) -> dict[str, Any]:
     """Evaluate the selected epoch's weights and write model.pt, history.tsv and metrics.json."""
-    history = state["history"]
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
+    settings, fit, select, test, paper = job.settings, job.fit, job.select, job.test, job.paper
+    run, hp, history = job.run, job.hyperparameters, state.history
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
     final_train_acc = history[-1]["train_accuracy"] if history else float("nan")
     finite = all(
         math.isfinite(r["train_loss"]) and math.isfinite(r["select_loss"]) for r in history
@@ -241,8 +252,8 @@ def _finish(
         # The study's protocol picks the epoch on the test fold: its test accuracies are then
         # optimistic. Flagged in every file so that no table mixes the two unknowingly.
         "test_leak": paper,
-        "epoch": state["best_epoch"],
-        "epochs_trained": state["epoch"],
+        "epoch": state.best_epoch,
+        "epochs_trained": state.epoch,
         "converged": converged,
         "convergence_rule": {
             "finite_losses": finite,
@@ -257,7 +268,7 @@ def _finish(
         "provenance": provenance(),
     }
     checkpoint.save(
-        out_dir / "model.pt",
+        job.out_dir / "model.pt",
         {
             "state_dict": model.state_dict(),
             "arch": hp["arch"],
@@ -267,22 +278,22 @@ def _finish(
             "classes": list(SCENES),
             "run": run,
             "hyperparameters": hp,
-            "epoch": state["best_epoch"],
+            "epoch": state.best_epoch,
             "selection": settings.selection,
             "train_settings": asdict(settings),
             # The landscape is the mean loss over exactly these clips (fold1_train or its part).
             "train_clips": fit.table["filename"].tolist(),
-            "features": feature_settings or {},
+            "features": job.feature_settings,
             "provenance": metrics["provenance"],
         },
     )
-    write_table(out_dir / "history.tsv", pd.DataFrame(history))
-    write_json(out_dir / "metrics.json", metrics)
-    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    write_table(job.out_dir / "history.tsv", pd.DataFrame(history))
+    write_json(job.out_dir / "metrics.json", metrics)
+    (job.out_dir / RESUME_FILE).unlink(missing_ok=True)
     log.info(
         "run %s: epoch %d selected, test accuracy %.4f (seen %.4f, unseen %.4f), converged=%s",
         run,
-        state["best_epoch"],
+        state.best_epoch,
         test_metrics["accuracy"],
         test_metrics["seen"],
         test_metrics["unseen"],
