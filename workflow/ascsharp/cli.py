@@ -627,17 +627,14 @@ def main(argv: list[str] | None = None) -> int:
         # Never more threads than CPUs this process may use: `--cores 8` on a 2-core laptop
         # would otherwise oversubscribe every job and slow the whole run down.
         torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
+    from .io import one_line
+
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         # One line naming the file or key; the traceback adds nothing for bad input.
-        args._parser.exit(2, f"ascsharp {args.command}: error: {_one_line(e)}\n")
+        args._parser.exit(2, f"ascsharp {args.command}: error: {one_line(e)}\n")
     return 0
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

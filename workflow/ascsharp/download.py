@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from ascsharp.io import publish_dir
+from ascsharp.io import previous_marker, publish_dir
 from ascsharp.meta import validate_dataset
 from ascsharp.progress import Progress, get_logger
 
@@ -248,19 +248,10 @@ def download_dataset(
 
 def _previous_download(root: Path, marker: dict) -> bool:
     """True if `root` holds a complete download of this record; False if absent or empty."""
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: exists and is not a folder")
-    if not root.is_dir() or not any(root.iterdir()):
-        return False
-    try:
-        stored = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        raise ValueError(
-            f"{root}: not empty and not a download made by ascsharp; refusing to write there"
-        ) from None
-    if stored.get("files") != marker["files"]:
+    stored = previous_marker(root, MARKER, "download")
+    if stored is not None and stored.get("files") != marker["files"]:
         raise ValueError(f"{root}: holds a download of other files ({root / MARKER}); delete it")
-    return True
+    return stored is not None
 
 
 def _unpack(zip_path: Path, dest: Path) -> None:

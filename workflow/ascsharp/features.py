@@ -21,16 +21,15 @@ import functools
 import math
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torchaudio
 
-from ascsharp.io import atomic_path
+from ascsharp.io import atomic_path, one_line
 from ascsharp.meta import CLIP_COLUMNS, DatasetError
 from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed
@@ -62,28 +61,6 @@ class MelConfig:
                 f"MelConfig.fmin/fmax: need 0 <= fmin < fmax <= sample_rate/2, "
                 f"got {self.fmin}, {self.fmax} at {self.sample_rate} Hz"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MelConfig:
-        """Build from a config slice; unknown keys are errors so that typos cannot pass silently."""
-        known = {f.name: f.type for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ValueError(f"features config: unknown key {key!r} (known: {sorted(known)})")
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            if known[key] == "int":
-                if isinstance(value, float) and value.is_integer():
-                    value = int(value)
-                kwargs[key] = value
-            else:
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise ValueError(f"features config: {key} must be a number, got {value!r}")
-                kwargs[key] = float(value)
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def n_frames(self, n_samples: int) -> int:
         """Frames of a centred STFT: one per hop, plus one (10 s at 16 kHz -> 1001)."""
@@ -136,10 +113,6 @@ class LogMel(torch.nn.Module):
         return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def load_audio(path: str | Path, target_sr: int) -> torch.Tensor:
     """Read a mono file as float32 in [-1, 1] and resample it to target_sr (the study's
     resampler: torchaudio's at its defaults).
@@ -154,7 +127,7 @@ def load_audio(path: str | Path, target_sr: int) -> torch.Tensor:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile reports corrupt files with several exception types
-        raise DatasetError(f"{path}: unreadable audio ({_one_line(e)})") from None
+        raise DatasetError(f"{path}: unreadable audio ({one_line(e)})") from None
     if data.shape[1] != 1:
         raise DatasetError(f"{path}: {data.shape[1]} channels, expected mono")
     if data.shape[0] == 0:
@@ -299,7 +272,7 @@ def load_features(
     try:
         features = np.load(npy, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"{npy}: unreadable feature array ({_one_line(e)})") from None
+        raise ValueError(f"{npy}: unreadable feature array ({one_line(e)})") from None
     if features.ndim != 3:
         raise ValueError(f"{npy}: expected (clips, mels, frames), got shape {features.shape}")
     table = pd.read_csv(tsv, sep="\t", dtype={c: str for c in _TEXT_COLUMNS})

@@ -48,6 +48,27 @@ def publish_dir(tmp: Path, root: Path) -> None:
     os.replace(tmp, root)
 
 
+def previous_marker(root: Path, marker: str, what: str) -> dict[str, Any] | None:
+    """The marker JSON of a folder published earlier by ascsharp; None if `root` is absent or
+    empty. Any other content is refused, so that a generator never writes over a user's data."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: exists and is not a folder")
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    try:
+        return json.loads((root / marker).read_text())
+    except (OSError, ValueError):
+        raise ValueError(
+            f"{root}: not empty and not a {what} made by ascsharp; refusing to write there"
+        ) from None
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line (first line, whitespace collapsed), for one-line errors."""
+    lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 from scipy.fft import next_fast_len
 
-from ascsharp.io import publish_dir
+from ascsharp.io import previous_marker, publish_dir
 from ascsharp.meta import (
     CITIES,
     DEVICES,
@@ -307,22 +307,13 @@ def _check_params(**params: Any) -> dict[str, Any]:
 
 def _previous_output(root: Path, params: dict[str, Any]) -> dict[str, Any] | None:
     """The stored summary if `root` holds a complete set made with `params`; None if empty."""
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: exists and is not a folder")
-    if not root.is_dir() or not any(root.iterdir()):
-        return None
-    marker = root / MARKER
-    try:
-        stored = json.loads(marker.read_text())
-    except (OSError, ValueError):
+    stored = previous_marker(root, MARKER, "synthetic set")
+    if stored is not None and stored.get("parameters") != params:
         raise ValueError(
-            f"{root}: not empty and not a synthetic set made by ascsharp; refusing to write there"
-        ) from None
-    if stored.get("parameters") != params:
-        raise ValueError(
-            f"{root}: holds a synthetic set with other parameters ({marker}); delete it first"
+            f"{root}: holds a synthetic set with other parameters ({root / MARKER}); "
+            "delete it first"
         )
-    return stored["summary"]
+    return None if stored is None else stored["summary"]
 
 
 # --------------------------------------------------------------------------------------------
