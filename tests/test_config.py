@@ -1,20 +1,14 @@
 """Config schema, cross-field checks and the run grid (incl. the paper preset's 46 runs)."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import Paramspace
 
-from ascsharp.config import (
-    ConfigError,
-    analysed_runs,
-    expand_grid,
-    load_config,
-    parse_run_id,
-    run_id,
-    validate_config,
-)
+from ascsharp.config import ConfigError, load_config, validate_config
+from ascsharp.runs import RUN_PATTERN, analysed_runs, expand_grid, parse_run_id, run_id
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = {"arch": ["cnn10"], "optimizer": ["adam"], "lr": [0.001], "batch_size": [16], "seed": [42]}
@@ -68,6 +62,8 @@ def test_run_ids_match_snakemake_paramspace():
     assert "arch~cnn10/optimizer~kfac/lr~1e-05/batch_size~16/seed~43" in ours
     for rid in ours:
         assert run_id(parse_run_id(rid)) == rid
+        assert re.fullmatch(RUN_PATTERN, rid)  # the {run} wildcard constraint
+    assert not re.fullmatch(RUN_PATTERN, ours[0] + "/direction_seed~42")
 
 
 @pytest.mark.parametrize(
@@ -105,5 +101,5 @@ def test_load_config_names_the_file(tmp_path):
 
 
 def test_parse_run_id_rejects_malformed():
-    with pytest.raises(ConfigError, match="expected arch~"):
+    with pytest.raises(ValueError, match="expected arch~"):
         parse_run_id("arch~cnn10/seed~1")

@@ -175,11 +175,13 @@ def test_aggregate_edge_cases():
         aggregate([])
 
 
-def _write_h5(path, x, y, loss):
+def _write_h5(path, x, y, loss, run="arch~cnn10/seed~1", direction_seed=None):
     with h5py.File(path, "w") as f:
         f["xcoordinates"] = x
         f["ycoordinates"] = y
         f["train_loss"] = loss
+        if direction_seed is not None:  # what gather writes
+            f.attrs["run"], f.attrs["direction_seed"] = run, direction_seed
 
 
 def test_sharpness_from_h5(tmp_path):
@@ -196,12 +198,13 @@ def test_all_variants(tmp_path):
     paths = {}
     for seed, a in [(42, 1.0), (43, 2.0)]:
         paths[seed] = tmp_path / f"s{seed}.h5"
-        _write_h5(paths[seed], X, Y, bowl(a, c=0.5, x0=0.1, y0=0.05))
+        _write_h5(paths[seed], X, Y, bowl(a, c=0.5, x0=0.1, y0=0.05), direction_seed=seed)
     paths[44] = tmp_path / "s44.h5"
     loss = bowl(4.0, c=0.5)
     loss[5, 6] = np.nan  # seed 44 diverged next to the origin
-    _write_h5(paths[44], X, Y, loss)
-    out = all_variants(paths, radius=R)
+    _write_h5(paths[44], X, Y, loss, direction_seed=44)
+    out = all_variants(list(paths.values()), radius=R)
+    assert out["run"] == "arch~cnn10/seed~1"
     json.dumps(out, allow_nan=False)  # strict JSON
     for region in ("legacy-disk", "disk", "square"):
         for ref in ("grid-min", "centre"):
@@ -224,13 +227,27 @@ def test_all_variants_finite_aggregate(tmp_path):
     paths = {}
     for seed, a in [(1, 1.0), (2, 3.0)]:
         paths[seed] = tmp_path / f"s{seed}.h5"
-        _write_h5(paths[seed], X, Y, bowl(a, c=0.0))
-    out = all_variants(paths, radius=R)
+        _write_h5(paths[seed], X, Y, bowl(a, c=0.0), direction_seed=seed)
+    out = all_variants(list(paths.values()), radius=R)
     agg = out["aggregate"]["disk"]["grid-min"]
     vals = [100 * 1.0 * R**2, 100 * 3.0 * R**2]
     assert agg["mean"] == pytest.approx(np.mean(vals))
     assert agg["std"] == pytest.approx(np.std(vals, ddof=1))
     assert agg["finite"] is True
+
+
+def test_all_variants_reads_identity_from_the_files_not_their_paths(tmp_path):
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
+    _write_h5(a, X, Y, bowl(1.0), direction_seed=42)
+    _write_h5(b, X, Y, bowl(1.0), direction_seed=42)
+    _write_h5(c, X, Y, bowl(1.0), run="arch~cnn14/seed~1", direction_seed=43)
+    with pytest.raises(ValueError, match="direction seed 42 also in"):
+        all_variants([a, b])
+    with pytest.raises(ValueError, match="several runs"):
+        all_variants([a, c])
+    _write_h5(b, X, Y, bowl(1.0))  # a hand-made surface without gather's attributes
+    with pytest.raises(ValueError, match=r"b\.h5: attributes 'run' and 'direction_seed'"):
+        all_variants([b])
 
 
 def _read(p):

@@ -304,9 +304,12 @@ def _gather(args):
 
 
 def _surface_title(surface: Path) -> str:
-    """`arch~cnn10, optimizer~adam, lr~0.001` over `batch_size~16, seed~42, direction_seed~42`."""
-    parts = [p for p in surface.parent.parts if "~" in p] or [surface.parent.name]
-    return ", ".join(parts[:3]) + "\n" + ", ".join(parts[3:])
+    """`arch~cnn10/optimizer~adam/lr~0.001` over `batch_size~16/seed~42, direction seed 42`."""
+    from .surface import surface_identity
+
+    run, seed = surface_identity(surface)
+    parts = run.split("/")
+    return "/".join(parts[:3]) + "\n" + "/".join(parts[3:]) + f", direction seed {seed}"
 
 
 # --- measures beyond the landscape: Hessian, adaptive sharpness ------------------------------
@@ -454,18 +457,8 @@ def _run_sharpness(args):
     from .io import provenance, write_json
     from .sharpness import all_variants
 
-    result = all_variants(_by_direction_seed(args.surfaces), radius=args.radius)
+    result = all_variants(args.surfaces, radius=args.radius)
     write_json(args.out, {**result, "provenance": provenance()})
-
-
-def _by_direction_seed(paths: list[Path]) -> dict[int, Path]:
-    seeds = {}
-    for p in paths:
-        part = p.parent.name
-        if not part.startswith("direction_seed~"):
-            raise ValueError(f"{p}: expected .../direction_seed~<seed>/surface.h5")
-        seeds[int(part.split("~", 1)[1])] = p
-    return seeds
 
 
 # --- analysis ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Configuration: schema validation with defaults, cross-field checks, and the run grid.
+"""Configuration: schema validation with defaults and cross-field checks.
 
 Snakemake and the command line both go through `validate_config`, so a bad value is refused
 with the same one-line message (naming the key) wherever it comes from.
@@ -7,7 +7,6 @@ with the same one-line message (naming the key) wherever it comes from.
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -15,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pandas as pd
 import yaml
+
+from ascsharp.runs import analysed_runs, expand_grid, parse_run_id  # noqa: F401 (common.smk)
 
 # The schema ships inside the package (package data), so an installed wheel validates exactly
 # as a checkout does; Snakemake reaches it through validate_config (workflow/rules/common.smk).
 SCHEMA_RESOURCE = "config.schema.yaml"
-# Order of the `{run}` path segments: arch~../optimizer~../lr~../batch_size~../seed~..
-RUN_KEYS: tuple[str, ...] = ("arch", "optimizer", "lr", "batch_size", "seed")
-_RUN_TYPES = {"arch": str, "optimizer": str, "lr": float, "batch_size": int, "seed": int}
 
 
 class ConfigError(ValueError):
@@ -90,7 +87,10 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
         )
     if feats["fmin"] >= feats["fmax"]:
         raise ConfigError(f"{source}: features.fmin: {feats['fmin']} must be below fmax")
-    runs = expand_grid(config["grid"], source)
+    try:
+        runs = expand_grid(config["grid"])
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
     land = config["landscape"]
     points = land["x"]["num"] * land["y"]["num"]
     if land["shards"] > points:
@@ -100,8 +100,7 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
     for axis in ("x", "y"):
         if land[axis]["min"] > land[axis]["max"]:
             raise ConfigError(f"{source}: landscape.{axis}: min is above max")
-    kept = analysed_runs(runs, config["analysis"]["exclude"])
-    if kept.empty:
+    if analysed_runs(runs, config["analysis"]["exclude"]).empty:
         raise ConfigError(f"{source}: analysis.exclude: removes every trained run")
 
 
@@ -116,52 +115,3 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return validate_config(raw, source=str(path))
-
-
-def matches(run: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
-    """True when `run` has every value of the filter `rule` (its `reason` is ignored)."""
-    return all(run[k] == v for k, v in rule.items() if k != "reason")
-
-
-def expand_grid(grid: Mapping[str, Any], source: str = "config") -> pd.DataFrame:
-    """All runs to train: union of the blocks' products (first occurrence order), minus exclude."""
-    rows: list[dict[str, Any]] = []
-    seen: set[tuple] = set()
-    for block in grid["blocks"]:
-        for values in itertools.product(*(block[k] for k in RUN_KEYS)):
-            run = {k: _RUN_TYPES[k](v) for k, v in zip(RUN_KEYS, values, strict=True)}
-            key = tuple(run.values())
-            if key not in seen:
-                seen.add(key)
-                rows.append(run)
-    if not rows:
-        raise ConfigError(f"{source}: grid.blocks: the grid is empty")
-    kept = [r for r in rows if not any(matches(r, rule) for rule in grid.get("exclude", []))]
-    if not kept:
-        raise ConfigError(f"{source}: grid.exclude: removes every run of the grid")
-    return pd.DataFrame(kept, columns=list(RUN_KEYS))
-
-
-def analysed_runs(runs: pd.DataFrame, exclude: list[Mapping[str, Any]]) -> pd.DataFrame:
-    """The runs kept for the headline statistics (all runs are still reported separately)."""
-    keep = [not any(matches(r, rule) for rule in exclude) for r in runs.to_dict("records")]
-    return runs[keep]
-
-
-def run_id(run: Mapping[str, Any]) -> str:
-    """The `{run}` path of one hyperparameter combination, as snakemake's Paramspace writes it."""
-    return "/".join(f"{k}~{run[k]}" for k in RUN_KEYS)
-
-
-def parse_run_id(run: str) -> dict[str, Any]:
-    """Inverse of run_id: `arch~cnn10/optimizer~adam/...` -> typed hyperparameters."""
-    parts = run.strip("/").split("/")
-    try:
-        pairs = dict(p.split("~", 1) for p in parts)
-        if list(pairs) != list(RUN_KEYS):
-            raise ValueError
-        return {k: _RUN_TYPES[k](pairs[k]) for k in RUN_KEYS}
-    except ValueError:
-        raise ConfigError(
-            f"run {run!r}: expected {'/'.join(k + '~<value>' for k in RUN_KEYS)}"
-        ) from None

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ascsharp.surface import read_surface
+from ascsharp.surface import read_surface, surface_identity
 
 REGIONS = ("legacy-disk", "disk", "square")
 REFERENCES = ("grid-min", "centre")
@@ -174,17 +174,28 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def all_variants(path_by_seed: dict[int, Path], radius: float = 0.25) -> dict[str, Any]:
-    """Every region x reference for each direction seed, and aggregated over seeds (JSON-ready).
+def all_variants(paths: Sequence[str | Path], radius: float = 0.25) -> dict[str, Any]:
+    """Every region x reference for each direction seed of one run, and aggregated over seeds.
 
-    Layout: {"radius", "default": {region, reference}, "files": {seed: path},
+    The run and the direction seeds are read from the surfaces (as gather wrote them), never
+    from their paths; surfaces of different runs or a repeated seed are refused.
+    Layout: {"run", "radius", "default": {region, reference}, "files": {seed: path},
     "per_seed": {seed: {region: {reference: result}}},
     "aggregate": {region: {reference: {mean, std, max, n, finite}}}}. A variant that cannot be
     computed (centre reference without an origin) holds {"error": message}.
     """
-    if not path_by_seed:
+    if not paths:
         raise ValueError("all_variants: no surfaces given")
-
+    path_by_seed: dict[int, Path] = {}
+    runs = set()
+    for p in map(Path, paths):
+        run, seed = surface_identity(p)
+        if seed in path_by_seed:
+            raise ValueError(f"{p}: direction seed {seed} also in {path_by_seed[seed]}")
+        path_by_seed[seed] = p
+        runs.add(run)
+    if len(runs) > 1:
+        raise ValueError(f"surfaces of several runs given: {sorted(runs)}")
     seeds = sorted(path_by_seed)
     surfaces = {s: read_surface(path_by_seed[s]) for s in seeds}
     per_seed: dict[str, Any] = {}
@@ -209,6 +220,7 @@ def all_variants(path_by_seed: dict[int, Path], radius: float = 0.25) -> dict[st
                 agg[region][reference] = {"error": "not available for every seed"}
     return json_safe(
         {
+            "run": runs.pop(),
             "radius": float(radius),
             "default": {"region": "legacy-disk", "reference": "grid-min"},
             "files": {str(s): str(path_by_seed[s]) for s in seeds},

@@ -86,11 +86,14 @@ def summary_from_files(
     """summary.tsv: one row per run, with `excluded` and its reason from analysis.exclude."""
     import json
 
-    from ascsharp.config import matches
+    from ascsharp.runs import matches
 
     sharp_by_run = {}
     for path in sharpness_paths:
-        sharp_by_run[_run_of(Path(path), "results/sharpness")] = json.loads(Path(path).read_text())
+        sharp = json.loads(Path(path).read_text())
+        if "run" not in sharp:
+            raise ValueError(f"{path}: key 'run' missing (written by an older version?)")
+        sharp_by_run[sharp["run"]] = sharp
     rows = []
     for path in metrics_paths:
         metrics = json.loads(Path(path).read_text())
@@ -103,15 +106,6 @@ def summary_from_files(
         row["exclusion_reason"] = "; ".join(reasons)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _run_of(path: Path, prefix: str) -> str:
-    """`results/sharpness/arch~../seed~42.json` -> `arch~../seed~42`."""
-    text = path.as_posix()
-    start = text.find("arch~")
-    if start < 0:
-        raise ValueError(f"{path}: expected {prefix}/arch~.../seed~N.json")
-    return text[start:].removesuffix(".json")
 
 
 def subset_runs(summary: pd.DataFrame, subset: str) -> pd.DataFrame:

@@ -244,3 +244,16 @@ def read_surface(
             f"len(xcoordinates)) = ({len(y)}, {len(x)})"
         )
     return x, y, loss
+
+
+def surface_identity(path: str | Path) -> tuple[str, int]:
+    """(run, direction_seed) that `gather` wrote into a surface.h5, naming the file if absent."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            run, seed = f.attrs.get("run"), f.attrs.get("direction_seed")
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 surface ({e})") from None
+    if run is None or seed is None:
+        raise ValueError(f"{path}: attributes 'run' and 'direction_seed' missing (not gathered?)")
+    return str(run), int(seed)

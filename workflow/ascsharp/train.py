@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 
 from . import checkpoint
-from .config import parse_run_id
 from .data import Partition, load_partition
 from .evaluate import autocast, breakdown, loss_and_accuracy, pick_device, predict
 from .io import atomic_path, provenance, write_json, write_table
@@ -24,6 +23,7 @@ from .meta import SCENES
 from .models import build_model
 from .optim import make_stepper
 from .progress import Progress, get_logger
+from .runs import parse_run_id
 from .seeds import derive_seed, generator
 
 RESUME_FILE = "checkpoint.pt"  # last finished epoch; removed once model.pt is written
