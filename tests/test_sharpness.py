@@ -9,7 +9,18 @@ import h5py
 import numpy as np
 import pytest
 
-from ascsharp.sharpness import aggregate, all_variants, region_mask, sharpness, sharpness_from_h5
+from ascsharp import sharpness as sharpness_module
+from ascsharp.sharpness import PAPER, aggregate, all_variants, region_mask
+
+
+def sharpness(x, y, loss, **kw):
+    """The library function with the paper's settings for whatever a test leaves out."""
+    return sharpness_module.sharpness(x, y, loss, **{**PAPER, **kw})
+
+
+def sharpness_from_h5(path, **kw):
+    return sharpness_module.sharpness_from_h5(path, **{**PAPER, **kw})
+
 
 R = 0.25
 X = np.linspace(-0.25, 0.25, 11)  # the paper grid
@@ -242,12 +253,12 @@ def test_all_variants_reads_identity_from_the_files_not_their_paths(tmp_path):
     _write_h5(b, X, Y, bowl(1.0), direction_seed=42)
     _write_h5(c, X, Y, bowl(1.0), run="arch~cnn14/seed~1", direction_seed=43)
     with pytest.raises(ValueError, match="direction seed 42 also in"):
-        all_variants([a, b])
+        all_variants([a, b], radius=R)
     with pytest.raises(ValueError, match="several runs"):
-        all_variants([a, c])
+        all_variants([a, c], radius=R)
     _write_h5(b, X, Y, bowl(1.0))  # a hand-made surface without gather's attributes
     with pytest.raises(ValueError, match=r"b\.h5: attributes 'run' and 'direction_seed'"):
-        all_variants([b])
+        all_variants([b], radius=R)
 
 
 def _read(p):

@@ -28,13 +28,13 @@ def command(name: str, help: str, arguments: Arguments):
 
 
 def _mel_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("log-mel settings (defaults: the paper's; see docs/design.md)")
-    g.add_argument("--sample-rate", type=int, default=16000)
-    g.add_argument("--n-fft", type=int, default=512)
-    g.add_argument("--hop-length", type=int, default=160)
-    g.add_argument("--n-mels", type=int, default=64)
-    g.add_argument("--fmin", type=float, default=50.0)
-    g.add_argument("--fmax", type=float, default=8000.0)
+    g = p.add_argument_group("log-mel settings (config.yaml: features)")
+    g.add_argument("--sample-rate", type=int, required=True, help="Hz after resampling")
+    g.add_argument("--n-fft", type=int, required=True)
+    g.add_argument("--hop-length", type=int, required=True)
+    g.add_argument("--n-mels", type=int, required=True)
+    g.add_argument("--fmin", type=float, required=True)
+    g.add_argument("--fmax", type=float, required=True)
 
 
 def _mel_config(args):
@@ -53,12 +53,12 @@ def _mel_config(args):
 # --- data -------------------------------------------------------------------------------------
 def _synth_args(p):
     p.add_argument("--root", type=Path, required=True, help="output folder (DCASE2020 layout)")
-    p.add_argument("--seed", type=int, default=2020)
-    p.add_argument("--sample-rate", type=int, default=44100)
-    p.add_argument("--clip-seconds", type=float, default=2.0)
-    p.add_argument("--cities", type=int, default=10, help="how many of the 10 cities")
-    p.add_argument("--locations-per-city", type=int, default=2)
-    p.add_argument("--segments-per-location", type=int, default=2)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--sample-rate", type=int, required=True)
+    p.add_argument("--clip-seconds", type=float, required=True)
+    p.add_argument("--cities", type=int, required=True, help="how many of the 10 cities")
+    p.add_argument("--locations-per-city", type=int, required=True)
+    p.add_argument("--segments-per-location", type=int, required=True)
 
 
 @command(
@@ -114,7 +114,7 @@ def _features_args(p):
         help="expected WAV sample rate (checked for every file)",
     )
     p.add_argument("--clip-seconds", type=float, default=None, help="expected clip length")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float16"], required=True)
     p.add_argument("--threads", type=int, default=1)
     _mel_arguments(p)
 
@@ -158,7 +158,7 @@ def _features(args):
 def _holdout_args(p):
     p.add_argument("index", type=Path, help="train.tsv written by `ascsharp features`")
     p.add_argument("--fraction", type=float, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="validation.tsv")
 
 
@@ -182,11 +182,11 @@ def _train_args(p):
     p.add_argument("--run", required=True, help="arch~../optimizer~../lr~../batch_size~../seed~..")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--selection", choices=["validation", "paper"], default="validation")
-    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--width", type=float, required=True)
+    p.add_argument("--selection", choices=["validation", "paper"], required=True)
+    p.add_argument("--eval-batch-size", type=int, required=True)
     p.add_argument("--amp", action="store_true")
-    p.add_argument("--converged-min-train-accuracy", type=float, default=0.2)
+    p.add_argument("--converged-min-train-accuracy", type=float, required=True)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     _mel_arguments(p)
 
@@ -253,7 +253,7 @@ def _shard_args(p):
         help="train: the clips the model was trained on (listed in model.pt); test: the test fold",
     )
     p.add_argument("--subset", type=int, default=None, help="evaluate on this many clips")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="shard~K.npz")
@@ -413,12 +413,14 @@ def _measure(args):
 
 # --- sharpness --------------------------------------------------------------------------------
 def _sharpness_args(p):
+    from .sharpness import PAPER, REFERENCES, REGIONS
+
     p.add_argument(
         "surface", type=Path, help="surface.h5 with xcoordinates, ycoordinates, train_loss"
     )
-    p.add_argument("--radius", type=float, default=0.25)
-    p.add_argument("--reference", choices=["grid-min", "centre"], default="grid-min")
-    p.add_argument("--region", choices=["legacy-disk", "disk", "square"], default="legacy-disk")
+    p.add_argument("--radius", type=float, default=PAPER["radius"])
+    p.add_argument("--reference", choices=REFERENCES, default=PAPER["reference"])
+    p.add_argument("--region", choices=REGIONS, default=PAPER["region"])
     p.add_argument("--json", action="store_true", help="print one JSON object (else a sentence)")
 
 
@@ -444,7 +446,7 @@ def _sharpness(args):
 
 def _run_sharpness_args(p):
     p.add_argument("surfaces", type=Path, nargs="+", help="direction_seed~D/surface.h5 of one run")
-    p.add_argument("--radius", type=float, default=0.25)
+    p.add_argument("--radius", type=float, required=True)
     p.add_argument("--out", type=Path, required=True, help="results/sharpness/{run}.json")
 
 
@@ -531,8 +533,8 @@ def _summarize(args):
 
 def _correlate_args(p):
     p.add_argument("summary", type=Path, help="summary.tsv")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, required=True, help="bootstrap resamples for CIs")
+    p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="correlations.tsv")
 
 

@@ -34,6 +34,9 @@ from ascsharp.surface import read_surface, surface_identity
 REGIONS = ("legacy-disk", "disk", "square")
 REFERENCES = ("grid-min", "centre")
 _RTOL = 1e-9
+# The study's sharpness: radius 0.25, the floating-point disk, referenced to the grid minimum.
+# Defaults of the user-facing `ascsharp sharpness`; the workflow passes config values.
+PAPER = {"radius": 0.25, "region": "legacy-disk", "reference": "grid-min"}
 
 
 def _lattice(c: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -86,9 +89,9 @@ def sharpness(
     y: np.ndarray,
     loss: np.ndarray,
     *,
-    radius: float = 0.25,
-    reference: str = "grid-min",
-    region: str = "legacy-disk",
+    radius: float,
+    reference: str,
+    region: str,
 ) -> dict[str, Any]:
     """Sharpness of loss[iy, ix] on coordinates (x, y), with what it was computed from.
 
@@ -146,11 +149,13 @@ def sharpness(
     }
 
 
-def sharpness_from_h5(path: str | Path, **kw: Any) -> dict[str, Any]:
-    """sharpness() of a surface.h5 (train_loss [iy, ix]); keyword arguments as sharpness()."""
-
+def sharpness_from_h5(
+    path: str | Path, *, radius: float, reference: str, region: str
+) -> dict[str, Any]:
+    """sharpness() of a surface.h5 (its `<split>_loss` [iy, ix])."""
     x, y, loss = read_surface(path)
-    return {**sharpness(x, y, loss, **kw), "file": str(path)}
+    result = sharpness(x, y, loss, radius=radius, reference=reference, region=region)
+    return {**result, "file": str(path)}
 
 
 def aggregate(per_seed: Sequence[float]) -> dict[str, float | int]:
@@ -174,7 +179,7 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def all_variants(paths: Sequence[str | Path], radius: float = 0.25) -> dict[str, Any]:
+def all_variants(paths: Sequence[str | Path], radius: float) -> dict[str, Any]:
     """Every region x reference for each direction seed of one run, and aggregated over seeds.
 
     The run and the direction seeds are read from the surfaces (as gather wrote them), never
@@ -222,7 +227,7 @@ def all_variants(paths: Sequence[str | Path], radius: float = 0.25) -> dict[str,
         {
             "run": runs.pop(),
             "radius": float(radius),
-            "default": {"region": "legacy-disk", "reference": "grid-min"},
+            "default": {"region": PAPER["region"], "reference": PAPER["reference"]},
             "files": {str(s): str(path_by_seed[s]) for s in seeds},
             "per_seed": per_seed,
             "aggregate": agg,

@@ -224,11 +224,11 @@ def generate_dataset(
     root: Path,
     *,
     seed: int,
-    sample_rate: int = 44100,
-    clip_seconds: float = 2.0,
-    locations_per_city: int = 2,
-    segments_per_location: int = 2,
-    cities: int = 10,
+    sample_rate: int,
+    clip_seconds: float,
+    locations_per_city: int,
+    segments_per_location: int,
+    cities: int,
     log: logging.Logger | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic set under `root` and return clip counts per fold and device.
