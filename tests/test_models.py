@@ -116,7 +116,7 @@ def test_initialisation_is_panns() -> None:
     torch.manual_seed(0)
     model = build_model("cnn10")
     for name, m in model.named_modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             assert torch.equal(m.weight, torch.ones_like(m.weight)), name
             assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
         elif isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
@@ -141,7 +141,7 @@ def reference_forward(
     same mask as the model's); after pooling over time, relu(fc1) and the output layer.
     """
 
-    def batch_norm(h: torch.Tensor, bn: torch.nn.BatchNorm2d, dims: tuple[int, ...], shape):
+    def batch_norm(h: torch.Tensor, bn: torch.nn.Module, dims: tuple[int, ...], shape):
         if training:
             mean, var = h.mean(dim=dims), h.var(dim=dims, unbiased=False)
         else:
@@ -172,7 +172,7 @@ def randomised_bn(model: torch.nn.Module) -> torch.nn.Module:
     """Non-trivial BN statistics and affine parameters, so that a mis-oriented bn0 would show."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-1, 1)
                 m.running_var.uniform_(0.5, 2)
                 m.weight.uniform_(0.5, 1.5)
@@ -215,6 +215,26 @@ def test_training_forward_has_the_studys_dropout_and_no_other(
     assert not torch.allclose(got, other_masks, atol=1e-4)  # dropout is active at all
 
 
+@pytest.mark.parametrize(("arch", "n_blocks", "last_pool"), ARCH_SHAPES)
+def test_training_gradients_match_the_reference_forward(
+    arch: str, n_blocks: int, last_pool: bool
+) -> None:
+    """Every parameter's gradient, bn0's included (torch 2.14's CPU batch-norm backward got
+    PANNs' transposed bn0 layout wrong), equals autograd through the hand-written forward."""
+    torch.manual_seed(1)
+    model = randomised_bn(build_model(arch, width=0.0625)).double().train()
+    x = torch.randn(4, 64, 40, dtype=torch.float64) * 3 + 1
+    upstream = torch.randn(4, 10, dtype=torch.float64)
+    params = [p for _, p in model.named_parameters()]
+    torch.manual_seed(7)
+    got = torch.autograd.grad((model(x) * upstream).sum(), params)
+    torch.manual_seed(7)
+    ref = reference_forward(model, x, n_blocks, last_pool, training=True)
+    want = torch.autograd.grad((ref * upstream).sum(), params)
+    for (name, _), g, w in zip(model.named_parameters(), got, want, strict=True):
+        assert torch.allclose(g, w, rtol=1e-7, atol=1e-9), name
+
+
 def test_bn0_normalises_each_mel_bin_in_training() -> None:
     model = build_model("cnn10", width=0.125).train()
     x = torch.randn(8, 64, 40) * torch.linspace(0.1, 10, 64)[None, :, None] + 7
@@ -222,11 +242,11 @@ def test_bn0_normalises_each_mel_bin_in_training() -> None:
     model.bn0.register_forward_hook(lambda m, i, o: seen.update(out=o))
     with torch.no_grad():
         model(x)
-    out = seen["out"]  # (B, mel, T, 1): mel bins on the channel axis
-    assert out.shape == (8, 64, 40, 1)
-    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(64), atol=1e-4)
+    out = seen["out"]  # (B, mel, T): mel bins on the channel axis
+    assert out.shape == (8, 64, 40)
+    assert torch.allclose(out.mean(dim=(0, 2)), torch.zeros(64), atol=1e-4)
     v = x.var(dim=(0, 2), unbiased=False)
-    assert torch.allclose(out.var(dim=(0, 2, 3), unbiased=False), v / (v + 1e-5), atol=1e-4)
+    assert torch.allclose(out.var(dim=(0, 2), unbiased=False), v / (v + 1e-5), atol=1e-4)
 
 
 def test_panns_checkpoint_loads_except_head_and_front_end() -> None:

@@ -69,7 +69,10 @@ class PannsCnn(nn.Module):
     def __init__(self, spec: ArchSpec, n_classes: int = 10, width: float = 1.0, n_mels: int = 64):
         super().__init__()
         self.spec, self.n_mels = spec, n_mels
-        self.bn0 = nn.BatchNorm2d(n_mels)
+        # PANNs' bn0 is a BatchNorm2d over mel bins moved to the channel axis of (B, 1, T, mel)
+        # and back; BatchNorm1d on (B, mel, T) is the same map with the same state dict, and
+        # torch 2.14's CPU backward gets that transposed layout's weight/bias gradients wrong.
+        self.bn0 = nn.BatchNorm1d(n_mels)
         in_channels = 1
         for k, c in enumerate(spec.channels, start=1):
             out_channels = _scaled(c, width)
@@ -87,7 +90,7 @@ class PannsCnn(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -104,9 +107,8 @@ class PannsCnn(nn.Module):
                 f"input shape {tuple(x.shape)}: frames and mel bins must be >= {shrink} "
                 "to survive the pooling"
             )
+        x = self.bn0(x)  # each mel bin normalised over batch and time
         x = x.transpose(1, 2).unsqueeze(1)  # (B, 1, time, mel) as PANNs
-        # bn0 normalises each mel bin: move mel bins to the channel axis and back.
-        x = self.bn0(x.transpose(1, 3)).transpose(1, 3)
         for k, pool in enumerate(self.spec.pools, start=1):
             x = getattr(self, f"conv_block{k}")(x)
             if pool != (1, 1):

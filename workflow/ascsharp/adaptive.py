@@ -1,0 +1,395 @@
+"""Adaptive sharpness (Kwon et al., ICML 2021; Andriushchenko et al., ICML 2023), average and
+worst case, with the plain (non-adaptive) variants for comparison.
+
+With the element-wise scaling T_w = diag(|w|) (adaptive) or T_w = I (plain), and L the mean
+cross-entropy over the clips (model in eval mode, BN running statistics fixed):
+
+    average case  S_avg(w) = E_{delta ~ N(0, rho^2 diag(|w|^2))} L(w + delta) - L(w)
+    worst case    S_max(w) = E_S max_{||T_w^{-1} delta||_p <= rho} L_S(w + delta) - L_S(w)
+
+as Andriushchenko et al. define them (their eq. for S^rho_avg and S^rho_max with c = |w|): the
+noise has per-weight standard deviation rho*|w_i|, with no 1/d or norm normalisation, and the
+worst case is the m-sharpness average over batches S of m clips. Writing delta = T_w u, both
+are taken in u: u ~ N(0, rho^2 I), and max over ||u||_p <= rho, so a weight w_i scaled by c
+and the next layer by 1/c (ReLU networks) gives the same perturbed function and the same value.
+
+All parameters are perturbed, as in Andriushchenko et al.'s code: conv and linear weights,
+biases and BN affine parameters (`parameters="weights"` keeps tensors with <= 1 dimension, i.e.
+biases and BN affine, unperturbed instead). A weight that is exactly 0 is not perturbed in the
+adaptive variants (its scale is 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .measures import (
+    Cost,
+    LossFn,
+    Partial,
+    UnitHook,
+    check_data,
+    cross_entropy,
+    frozen_eval,
+    loss_and_gradient,
+    mean_and_se,
+    mean_loss,
+    measure_flops,
+    partial_fingerprint,
+)
+from .progress import Progress
+from .seeds import generator
+
+PARAMETERS = ("all", "weights")
+
+
+@dataclass(frozen=True)
+class AverageOptions:
+    """`samples` noise draws of scale `rho`; `antithetic` evaluates each draw at +delta and
+    -delta and averages the two (same expectation, the gradient term cancels exactly);
+    `batch_size` clips per forward chunk (memory, not results)."""
+
+    rho: float = 0.1
+    samples: int = 100
+    adaptive: bool = True
+    parameters: str = "all"
+    antithetic: bool = False
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_common(self.rho, self.parameters, self.batch_size)
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+
+
+@dataclass(frozen=True)
+class WorstOptions:
+    """Projected gradient ascent in the ball ||u||_p <= rho (p "2" or "inf"), `restarts` starts
+    of `steps` steps each on every batch of `m` clips (None: all clips in one batch).
+
+    Step rule: the first step has length `step_size` (default 2*rho, as APGD) along the
+    normalised gradient in u (p=2) or its sign (p=inf); a step that does not raise the loss
+    is undone and the step size halved; the best point is kept. Restart 0 starts at u = 0 (so
+    its first step follows the gradient), the others at random points of the sphere (p=2) or
+    of the box (p=inf). Each step costs one forward+backward pass over the batch.
+    """
+
+    rho: float = 0.1
+    p: str = "2"
+    steps: int = 20
+    restarts: int = 3
+    m: int | None = 128
+    step_size: float | None = None
+    adaptive: bool = True
+    parameters: str = "all"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_common(self.rho, self.parameters, self.batch_size)
+        p = str(self.p).lower()
+        p = {"2": "2", "2.0": "2", "l2": "2", "inf": "inf", "linf": "inf"}.get(p)
+        if p is None:
+            raise ValueError(f"p must be 2 or inf, got {self.p!r}")
+        object.__setattr__(self, "p", p)
+        if self.steps < 0 or self.restarts < 1:
+            raise ValueError(f"steps must be >= 0 and restarts >= 1: {self}")
+        if self.m is not None and self.m < 1:
+            raise ValueError(f"m must be >= 1 or None (all clips), got {self.m}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+
+
+def _check_common(rho: float, parameters: str, batch_size: int) -> None:
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    if parameters not in PARAMETERS:
+        raise ValueError(f"parameters {parameters!r}: expected one of {PARAMETERS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def scales(w0: Sequence[Tensor], adaptive: bool, parameters: str) -> list[Tensor]:
+    """T_w as one tensor per parameter: |w| (adaptive) or 1 (plain); 0 where not perturbed."""
+    out = []
+    for w in w0:
+        t = w.abs() if adaptive else torch.ones_like(w)
+        if parameters == "weights" and w.dim() <= 1:
+            t = torch.zeros_like(w)
+        out.append(t)
+    return out
+
+
+def _set(params: Sequence[Tensor], w0: Sequence[Tensor], t: Sequence[Tensor], u: Sequence[Tensor],
+         sign: float = 1.0) -> None:  # fmt: skip
+    """Weights w0 + sign * T u, in place."""
+    with torch.no_grad():
+        for p, w, s, d in zip(params, w0, t, u, strict=True):
+            torch.addcmul(w, s, d, value=sign, out=p)
+
+
+def _names(kind: str, adaptive: bool) -> tuple[str, str]:
+    # The plain variants' keys drop the prefix, so a plain value is never read as adaptive.
+    key = f"adaptive_{kind}" if adaptive else kind
+    return key, f"{key}_se"
+
+
+# ---------------------------------------------------------------------------------------------
+# Average case
+
+
+def adaptive_average(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    options: AverageOptions | dict[str, Any],
+    seed: int,
+    log: logging.Logger,
+    *,
+    partial_path: str | Path | None = None,
+    on_unit: UnitHook | None = None,
+    loss_fn: LossFn = cross_entropy,
+) -> dict[str, Any]:
+    """Average-case (adaptive) sharpness, Monte Carlo over `samples` seeded Gaussian draws.
+
+    Draw k is u_k ~ N(0, rho^2 I) from generator(seed, "adaptive-average", k) on the CPU, one
+    tensor per parameter in model.parameters() order; delta_k = T_w u_k. The value is the mean
+    of L(w + delta_k) - L(w) over k, its standard error the std (ddof 1) over sqrt(samples).
+    Returns {"values", "options", "cost"}; values: adaptive_average and adaptive_average_se
+    (plain: average, average_se), loss, perturbed_loss, samples.
+    """
+    opts = options if isinstance(options, AverageOptions) else AverageOptions(**options)
+    check_data(x, y, opts.batch_size)
+    params = list(model.parameters())
+    cost = Cost()
+    key, key_se = _names("average", opts.adaptive)
+    with frozen_eval(model, params) as w0:
+        cost.flops_per_clip = measure_flops(model, x, y, ["forward"], loss_fn)
+        part = Partial(partial_path,
+                       partial_fingerprint(key, model, x, y, opts, seed, loss_fn), log)  # fmt: skip
+        t = scales(w0, opts.adaptive, opts.parameters)
+        loss0 = mean_loss(model, x, y, opts.batch_size, cost, loss_fn)
+        log.info("%s: loss at the weights %.6g; %d samples, rho %g", key, loss0, opts.samples,
+                 opts.rho)  # fmt: skip
+        progress = Progress(opts.samples, "samples", logger=log)
+        perturbed: list[float] = []
+        for k in range(opts.samples):
+            name = f"sample/{k}"
+            if name in part:
+                perturbed.append(float(part[name]))
+                cost.resumed_units += 1
+                progress.update(1, "(from the partial file)")
+                continue
+            gen = generator(seed, "adaptive-average", k)
+            u = [torch.randn(w.shape, generator=gen, dtype=w.dtype).to(w.device).mul_(opts.rho)
+                 for w in w0]  # fmt: skip
+            losses = []
+            for sign in (1.0, -1.0) if opts.antithetic else (1.0,):
+                _set(params, w0, t, u, sign)
+                losses.append(mean_loss(model, x, y, opts.batch_size, cost, loss_fn))
+            perturbed.append(sum(losses) / len(losses))
+            part.put(name, perturbed[-1])
+            progress.update(1, f"perturbed loss {perturbed[-1]:.6g}")
+            if on_unit is not None:
+                on_unit(k + 1)
+    value, se = mean_and_se([v - loss0 for v in perturbed])
+    log.info("%s = %.6g +- %.2g (rho %g, %d samples)", key, value, se, opts.rho, len(perturbed))
+    return {
+        "values": {
+            key: value,
+            key_se: se,
+            "loss": loss0,
+            "perturbed_loss": float(np.mean(perturbed)),
+            "samples": len(perturbed),
+        },
+        "options": {
+            **asdict(opts),
+            "noise": "delta = T_w u, u ~ N(0, rho^2 I)",
+            "scaling": "|w|" if opts.adaptive else "identity",
+        },  # fmt: skip
+        "cost": cost.to_dict(params[0].device),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Worst case
+
+
+def worst_batches(n: int, m: int | None, seed: int) -> list[np.ndarray]:
+    """ceil(n / m) batches of nearly equal size (differing by at most 1) over a seeded
+    permutation of the clips; one batch of all clips when m is None or >= n."""
+    if m is None or m >= n:
+        return [np.arange(n)]
+    perm = torch.randperm(n, generator=generator(seed, "adaptive-worst-batches")).numpy()
+    return [np.sort(b) for b in np.array_split(perm, math.ceil(n / m))]
+
+
+def _project(u: list[Tensor], rho: float, p: str) -> list[Tensor]:
+    if p == "inf":
+        return [d.clamp_(-rho, rho) for d in u]
+    norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in u))
+    if norm > rho:
+        for d in u:
+            d.mul_(rho / norm)
+    return u
+
+
+def _direction(g: Sequence[Tensor], p: str) -> list[Tensor]:
+    if p == "inf":
+        return [d.sign() for d in g]
+    norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in g))
+    return [d / norm if norm > 0 else torch.zeros_like(d) for d in g]
+
+
+def _start(t: Sequence[Tensor], opts: WorstOptions, restart: int, gen: torch.Generator
+           ) -> list[Tensor]:  # fmt: skip
+    """u = 0 for restart 0; else uniform on the sphere (p=2) or in the box (p=inf)."""
+    if restart == 0:
+        return [torch.zeros_like(s) for s in t]
+    u = []
+    for s in t:
+        if opts.p == "2":
+            d = torch.randn(s.shape, generator=gen, dtype=s.dtype)
+        else:
+            d = torch.rand(s.shape, generator=gen, dtype=s.dtype).mul_(2).sub_(1)
+        u.append(d.to(s.device).mul_(s != 0))
+    if opts.p == "2":
+        norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in u))
+        u = [d.mul_(opts.rho / norm) for d in u] if norm > 0 else u
+    else:
+        u = [d.mul_(opts.rho) for d in u]
+    return u
+
+
+def _ascent(
+    model: nn.Module,
+    params: Sequence[Tensor],
+    w0: Sequence[Tensor],
+    t: Sequence[Tensor],
+    x: Tensor,
+    y: Tensor,
+    opts: WorstOptions,
+    u: list[Tensor],
+    cost: Cost,
+    loss_fn: LossFn,
+) -> dict[str, Any]:
+    """Projected gradient ascent from u; the best loss found and how the search went."""
+
+    def loss_grad(u: Sequence[Tensor]) -> tuple[float, list[Tensor]]:
+        _set(params, w0, t, u)
+        loss, g = loss_and_gradient(model, params, x, y, opts.batch_size, cost, loss_fn)
+        return loss, [gi.mul_(s) for gi, s in zip(g, t, strict=True)]  # gradient in u: T grad
+
+    best_loss, best_g = loss_grad(u)
+    best_u = u
+    step = opts.step_size if opts.step_size is not None else 2 * opts.rho
+    accepted = 0
+    for _ in range(opts.steps):
+        cand = [b + step * d for b, d in zip(best_u, _direction(best_g, opts.p), strict=True)]
+        cand = _project(cand, opts.rho, opts.p)
+        loss, g = loss_grad(cand)
+        if loss > best_loss:
+            best_loss, best_u, best_g = loss, cand, g
+            accepted += 1
+        else:
+            step /= 2
+    if opts.p == "2":
+        radius = math.sqrt(sum(float(d.double().pow(2).sum()) for d in best_u))
+    else:
+        radius = max(float(d.abs().max()) for d in best_u)
+    return {"worst_loss": best_loss, "accepted_steps": accepted, "final_step": step,
+            "radius": radius}  # fmt: skip
+
+
+def adaptive_worst(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    options: WorstOptions | dict[str, Any],
+    seed: int,
+    log: logging.Logger,
+    *,
+    partial_path: str | Path | None = None,
+    on_unit: UnitHook | None = None,
+    loss_fn: LossFn = cross_entropy,
+) -> dict[str, Any]:
+    """Worst-case (adaptive) m-sharpness by projected gradient ascent in the |w|-scaled ball.
+
+    Per batch S of m clips (seeded, fixed): max over restarts of the best loss found, minus
+    L_S(w); the value is the mean over batches, its standard error the std over batches /
+    sqrt(batches) (NaN for one batch). PGA finds a lower bound of the true maximum.
+    Returns {"values", "options", "cost"}; values: adaptive_worst and adaptive_worst_se
+    (plain: worst, worst_se), loss, worst_loss, batches, per_batch.
+    """
+    opts = options if isinstance(options, WorstOptions) else WorstOptions(**options)
+    check_data(x, y, opts.batch_size)
+    params = list(model.parameters())
+    cost = Cost()
+    key, key_se = _names("worst", opts.adaptive)
+    batches = worst_batches(len(x), opts.m, seed)
+    with frozen_eval(model, params) as w0:
+        cost.flops_per_clip = measure_flops(model, x, y, ["forward", "gradient"], loss_fn)
+        part = Partial(partial_path,
+                       partial_fingerprint(key, model, x, y, opts, seed, loss_fn), log)  # fmt: skip
+        t = scales(w0, opts.adaptive, opts.parameters)
+        log.info("%s: %d batches of ~%d clips, %d restarts x %d steps, p=%s, rho %g", key,
+                 len(batches), len(batches[0]), opts.restarts, opts.steps, opts.p,
+                 opts.rho)  # fmt: skip
+        progress = Progress(len(batches) * opts.restarts, "restarts", logger=log)
+        per_batch = []
+        units = 0
+        for b, idx in enumerate(batches):
+            sel = torch.as_tensor(idx, device=x.device)
+            xb, yb = x[sel], y[sel]
+            _set(params, w0, t, [torch.zeros_like(s) for s in t])
+            loss0 = mean_loss(model, xb, yb, opts.batch_size, cost, loss_fn)
+            restarts = []
+            for r in range(opts.restarts):
+                name = f"batch/{b}/restart/{r}"
+                units += 1
+                if name in part:
+                    restarts.append(dict(part[name]))
+                    cost.resumed_units += 1
+                    progress.update(1, "(from the partial file)")
+                    continue
+                u = _start(t, opts, r, generator(seed, "adaptive-worst", b, r))
+                res = _ascent(model, params, w0, t, xb, yb, opts, u, cost, loss_fn)
+                restarts.append(res)
+                part.put(name, res)
+                rise = res["worst_loss"] - loss0
+                progress.update(1, f"batch {b + 1}/{len(batches)} restart {r + 1}: {rise:.6g}")
+                if on_unit is not None:
+                    on_unit(units)
+            worst = max(r["worst_loss"] for r in restarts)
+            per_batch.append({"clips": len(idx), "loss": loss0, "worst_loss": worst,
+                              "sharpness": worst - loss0,
+                              "restarts": [r["worst_loss"] for r in restarts]})  # fmt: skip
+    value, se = mean_and_se([pb["sharpness"] for pb in per_batch])
+    log.info("%s = %.6g +- %.2g (rho %g, p=%s, %d batches)", key, value, se, opts.rho, opts.p,
+             len(per_batch))  # fmt: skip
+    return {
+        "values": {
+            key: value,
+            key_se: se,
+            "loss": float(np.mean([pb["loss"] for pb in per_batch])),
+            "worst_loss": float(np.mean([pb["worst_loss"] for pb in per_batch])),
+            "batches": len(per_batch),
+            "per_batch": per_batch,
+        },
+        "options": {
+            **asdict(opts),
+            "ball": f"||T_w^-1 delta||_{opts.p} <= rho",
+            "scaling": "|w|" if opts.adaptive else "identity",
+            "step_rule": "first step step_size (2 rho), halved after every step "
+            "that does not raise the loss; best point kept",
+        },  # fmt: skip
+        "cost": cost.to_dict(params[0].device),
+    }

@@ -1,0 +1,220 @@
+"""Curvature of the training loss at a trained model: top Hessian eigenvalues and the trace.
+
+The loss is the landscape's: mean cross-entropy over the clips (sum over clips / N), model in
+eval mode, all parameters (conv and linear weights and biases, BN affine); BN running
+statistics are buffers and stay fixed. Hessian-vector products come from curvlinops'
+HessianLinearOperator (Dangel et al.; forward-over-reverse autodiff over the clips in chunks),
+the top-k eigenvalues from ARPACK's implicitly restarted Lanczos (scipy.sparse.linalg.eigsh,
+which="LA": the largest algebraic, so lambda_max is the usual sharpness), the trace from
+Hutchinson's estimator E[v^T H v] = tr(H) with Rademacher v (Hutchinson 1989).
+
+Each Hutchinson sample is drawn from its own seeded generator on the CPU and saved when done,
+so a killed job resumes and a GPU job draws the same vectors as a CPU one. curvlinops' own
+`hutchinson_trace` draws from the global RNG and returns only the mean, which gives neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .measures import (
+    Cost,
+    Partial,
+    UnitHook,
+    _batch,
+    check_data,
+    cross_entropy,
+    frozen_eval,
+    mean_and_se,
+    mean_loss,
+    measure_flops,
+    partial_fingerprint,
+)
+from .seeds import generator
+
+
+@dataclass(frozen=True)
+class HessianOptions:
+    """top_k eigenvalues to ARPACK relative accuracy `lanczos_tol` (ncv Lanczos vectors and
+    maxiter restarts: scipy's defaults when None); `trace_samples` Hutchinson vectors;
+    `batch_size` clips per chunk of a Hessian-vector product (memory, not results)."""
+
+    top_k: int = 5
+    lanczos_tol: float = 1e-3
+    lanczos_ncv: int | None = None
+    lanczos_maxiter: int | None = None
+    trace_samples: int = 100
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.trace_samples < 1 or self.batch_size < 1:
+            raise ValueError(f"top_k, trace_samples and batch_size must be >= 1: {self}")
+        if not self.lanczos_tol >= 0:
+            raise ValueError(f"lanczos_tol must be >= 0, got {self.lanczos_tol}")
+
+
+class _Batches:
+    """Re-iterable (X, y) chunks in the parameters' dtype and device, as curvlinops reads data."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, like: Tensor):
+        self.x, self.y, self.batch_size, self.like = x, y, batch_size, like
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.x), self.batch_size):
+            yield _batch(self.x, self.y, start, self.batch_size, self.like)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+
+def hessian_operator(model: nn.Module, x: Tensor, y: Tensor, batch_size: int):
+    """curvlinops' Hessian of the mean cross-entropy over all clips w.r.t. all parameters.
+
+    check_deterministic is off: in eval mode the loss is a fixed function of the weights, and
+    the check would cost two extra gradient passes and two HVPs over all clips.
+    """
+    from curvlinops import HessianLinearOperator
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    data = _Batches(x, y, batch_size, params[0])
+    return HessianLinearOperator(
+        model,
+        nn.CrossEntropyLoss(reduction="mean"),  # x (batch / N): sum over all clips / N
+        params,
+        data,
+        check_deterministic=False,
+        num_data=len(x),
+    )
+
+
+def rademacher(n: int, gen: torch.Generator, like: Tensor) -> Tensor:
+    """n independent +-1 entries from a CPU generator, in `like`'s dtype and device."""
+    v = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).to(like.dtype) * 2 - 1
+    return v.to(like.device)
+
+
+def hessian(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    options: HessianOptions | dict[str, Any],
+    seed: int,
+    log: logging.Logger,
+    *,
+    partial_path: str | Path | None = None,
+    on_unit: UnitHook | None = None,
+) -> dict[str, Any]:
+    """Top-k eigenvalues and Hutchinson trace of the Hessian of the mean cross-entropy.
+
+    Returns {"values", "options", "cost"}: values lambda_max, top_eigenvalues (descending),
+    lanczos_converged, trace, trace_se (standard error over samples), trace_samples, loss
+    (at the weights), n_params. Lanczos is one unit, each trace sample another.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    opts = options if isinstance(options, HessianOptions) else HessianOptions(**options)
+    check_data(x, y, opts.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    if opts.top_k >= n_params:
+        raise ValueError(f"top_k={opts.top_k} must be < the {n_params} parameters (ARPACK)")
+    cost = Cost()
+    with frozen_eval(model, params):
+        cost.flops_per_clip = measure_flops(model, x, y, ["forward", "hvp"])
+        fp = partial_fingerprint("hessian", model, x, y, opts, seed, cross_entropy)
+        part = Partial(partial_path, fp, log)
+        op = hessian_operator(model, x, y, opts.batch_size)
+        like = params[0]
+        loss = mean_loss(model, x, y, opts.batch_size, cost)
+        units = 0
+
+        def hvp(v: Tensor) -> Tensor:
+            cost.hvps += 1
+            cost.hvp_clips += len(x)
+            return op @ v
+
+        def unit_done() -> None:
+            nonlocal units
+            units += 1
+            if on_unit is not None:
+                on_unit(units)
+
+        if "lanczos" in part:
+            lanczos = part["lanczos"]
+            cost.resumed_units += 1
+            units += 1
+        else:
+            t0 = time.perf_counter()
+            count = 0
+
+            def matvec(v: np.ndarray) -> np.ndarray:
+                nonlocal count
+                hv = hvp(torch.as_tensor(np.ravel(v), dtype=like.dtype, device=like.device))
+                count += 1
+                log.info("Lanczos HVP %d (%.2f s/HVP)", count, (time.perf_counter() - t0) / count)
+                return hv.detach().to("cpu", torch.float64).numpy()
+
+            A = LinearOperator((n_params, n_params), matvec=matvec, dtype=np.float64)
+            v0 = torch.randn(n_params, generator=generator(seed, "lanczos"), dtype=torch.float64)
+            try:
+                vals = eigsh(A, k=opts.top_k, which="LA", tol=opts.lanczos_tol, v0=v0.numpy(),
+                             ncv=opts.lanczos_ncv, maxiter=opts.lanczos_maxiter,
+                             return_eigenvectors=False)  # fmt: skip
+                converged = True
+            except ArpackNoConvergence as e:
+                vals, converged = e.eigenvalues, False
+                log.warning("Lanczos: %d of %d eigenvalues converged", len(vals), opts.top_k)
+            lanczos = {"eigenvalues": sorted((float(v) for v in vals), reverse=True),
+                       "converged": converged, "hvps": count}  # fmt: skip
+            log.info("Lanczos: top eigenvalues %s after %d HVPs",
+                     ", ".join(f"{v:.5g}" for v in lanczos["eigenvalues"]), count)  # fmt: skip
+            part.put("lanczos", lanczos)
+            unit_done()
+
+        samples: list[float] = []
+        for i in range(opts.trace_samples):
+            key = f"trace/{i}"
+            if key in part:
+                samples.append(float(part[key]))
+                cost.resumed_units += 1
+                units += 1
+                continue
+            v = rademacher(n_params, generator(seed, "hutchinson", i), like)
+            samples.append(float(torch.dot(v.double(), hvp(v).double())))
+            part.put(key, samples[-1])
+            mean, se = mean_and_se(samples)
+            log.info("Hutchinson sample %d/%d: v'Hv %.5g, trace %.5g +- %.2g",
+                     i + 1, opts.trace_samples, samples[-1], mean, se)  # fmt: skip
+            unit_done()
+    trace, trace_se = mean_and_se(samples)
+    eigenvalues = lanczos["eigenvalues"]
+    return {
+        "values": {
+            "lambda_max": eigenvalues[0] if eigenvalues else float("nan"),
+            "top_eigenvalues": eigenvalues,
+            "lanczos_converged": lanczos["converged"],
+            "lanczos_hvps": lanczos["hvps"],
+            "trace": trace,
+            "trace_se": trace_se,
+            "trace_samples": len(samples),
+            "loss": loss,
+            "n_params": n_params,
+        },
+        "options": {
+            **asdict(opts),
+            "which": "largest algebraic",
+            "trace_vectors": "rademacher",
+            "parameters": "all",
+            "loss": "mean cross-entropy, eval mode",
+        },  # fmt: skip
+        "cost": cost.to_dict(like.device),
+    }
