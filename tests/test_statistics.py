@@ -392,7 +392,8 @@ def _sharpness_json(mean: float) -> dict:
     }
 
 
-def test_run_row_names_the_paper_variant_once():
+def _metrics_and_sharpness() -> tuple[dict, dict]:
+    """One run's metrics.json and sharpness JSON, as training and run-sharpness write them."""
     by_device = {d: 0.5 for d in ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")}
     metrics = {
         "run": "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42",
@@ -405,7 +406,12 @@ def test_run_row_names_the_paper_variant_once():
         "generalisation_gap": 0.4,
         "validation": None,
     }  # fmt: skip
-    row = run_summary.run_row(metrics, _sharpness_json(7.0))
+    return metrics, {**_sharpness_json(7.0), "run": metrics["run"]}
+
+
+def test_run_row_names_the_paper_variant_once():
+    metrics, sharp = _metrics_and_sharpness()
+    row = run_summary.run_row(metrics, sharp)
     assert row["generalisation_gap"] == 0.4  # from metrics.json, not recomputed
     assert (row["mean_sharpness"], row["std_sharpness"], row["max_sharpness"]) == (7.0, 0.1, 8.0)
     assert row["sharpness_seed42"] == 7.0
@@ -664,3 +670,53 @@ def test_device_facets_and_heatmap(tmp_path):
     with pytest.raises(ValueError, match="'kendall'"):
         figures.correlation_heatmap(corr, tmp_path / "none.png", method="kendall")
     assert not (tmp_path / "none.png").exists()
+
+
+# --- measures in the summary, and their ranking ---------------------------------------------
+
+
+def test_measure_files_become_summary_columns_matched_by_run(tmp_path):
+    import json
+
+    metrics, sharp = _metrics_and_sharpness()
+    paths = {}
+    for name, doc in (("metrics", metrics), ("sharp", sharp)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(doc))
+    measures = [
+        {"run": metrics["run"], "measure": "hessian", "values": {"lambda_max": 3.5, "trace": 9.0}},
+        {"run": metrics["run"], "measure": "adaptive_worst", "values": {"adaptive_worst": 0.2}},
+        {"run": "arch~other", "measure": "adaptive_average", "values": {"adaptive_average": 1.0}},
+    ]
+    measure_paths = []
+    for k, m in enumerate(measures):  # file names say nothing: the run inside counts
+        measure_paths.append(tmp_path / f"m{k}.json")
+        measure_paths[-1].write_text(json.dumps(m))
+    df = run_summary.summary_from_files([paths["metrics"]], [paths["sharp"]], [], measure_paths)
+    row = df.iloc[0]
+    assert (row["hessian_lambda_max"], row["hessian_trace"], row["adaptive_worst"]) == (3.5, 9, 0.2)
+    assert "adaptive_average" not in df.columns  # another run's file
+    assert {"hessian_lambda_max", "adaptive_worst"} <= set(run_summary.measure_columns(df))
+
+
+def test_rank_measures_kendall_psi_and_order(tmp_path):
+    summary = _small_summary(6)
+    summary["seed"] = [42, 42, 43, 43, 42, 43]
+    summary["generalisation_gap"] = 0.9 - summary["test_all"]
+    summary["adaptive_worst"] = -summary["test_all"]  # a perfect predictor
+    table = run_summary.rank_measures(summary, n_boot=50, seed=0)
+    assert set(table["target"]) == {"test_all", "seen", "unseen", "generalisation_gap"}
+    best = table[(table["target"] == "test_all") & (table["rank"] == 1)]
+    assert best["measure"].tolist() == ["adaptive_worst"]
+    assert best["kendall_tau"].item() == pytest.approx(-1.0)
+    gap = table[(table["target"] == "generalisation_gap") & (table["measure"] == "mean_sharpness")]
+    want = stats.kendalltau(summary["mean_sharpness"], summary["generalisation_gap"]).statistic
+    assert gap["kendall_tau"].item() == pytest.approx(want)
+    assert gap["agreement"].item() == pytest.approx(want)  # + for the gap, - for accuracy
+    psi = correlation.granulated_kendall(
+        summary, "mean_sharpness", "generalisation_gap", ["optimizer", "lr"]
+    )["psi"]
+    assert gap["psi"].item() == pytest.approx(psi, nan_ok=True)
+    png = tmp_path / "ranking.png"
+    figures.measure_ranking(table, png)
+    assert png.stat().st_size > 10_000

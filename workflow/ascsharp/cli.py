@@ -511,13 +511,16 @@ def _paper_table_log_granulated(table) -> None:
 def _summarize_args(p):
     p.add_argument("--metrics", type=Path, nargs="+", required=True, help="every metrics.json")
     p.add_argument("--sharpness", type=Path, nargs="+", required=True, help="every sharpness JSON")
+    p.add_argument(
+        "--measures", type=Path, nargs="*", default=[], help="every results/measures JSON"
+    )
     p.add_argument("--exclude", default="[]", help="analysis.exclude as JSON")
     p.add_argument("--out", type=Path, required=True, help="summary.tsv")
 
 
 @command(
     "summarize",
-    "one row per run: hyperparameters, accuracies, every sharpness variant",
+    "one row per run: hyperparameters, accuracies, every sharpness variant and measure",
     _summarize_args,
 )
 def _summarize(args):
@@ -528,7 +531,41 @@ def _summarize(args):
         exclude = json.loads(args.exclude)
     except json.JSONDecodeError as e:
         raise ValueError(f"--exclude: not valid JSON ({e.msg})") from None
-    write_table(args.out, summary_from_files(args.metrics, args.sharpness, exclude))
+    summary = summary_from_files(args.metrics, args.sharpness, exclude, args.measures)
+    write_table(args.out, summary)
+
+
+def _rank_args(p):
+    p.add_argument("summary", type=Path, help="summary.tsv")
+    p.add_argument("--bootstrap", type=int, required=True, help="bootstrap resamples for CIs")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="measure_ranking.tsv")
+    p.add_argument("--figure", type=Path, required=True, help="measure_ranking.png")
+
+
+@command(
+    "rank-measures",
+    "rank every sharpness variant and measure by Kendall tau and granulated Psi",
+    _rank_args,
+)
+def _rank_measures(args):
+    import pandas as pd
+
+    from .correlation import MIN_RUNS
+    from .figures import measure_ranking
+    from .io import write_table
+    from .progress import get_logger
+    from .summary import rank_measures, subset_runs
+
+    summary = pd.read_csv(args.summary, sep="\t")
+    table = rank_measures(summary, n_boot=args.bootstrap, seed=args.seed)
+    write_table(args.out, table)
+    n = len(subset_runs(summary, "headline"))
+    note = None
+    if n < MIN_RUNS:
+        note = f"only {n} headline run(s): no correlation can be computed"
+        get_logger().warning("rank-measures: %s", note)
+    measure_ranking(table, args.figure, note=note)
 
 
 def _correlate_args(p):

@@ -28,6 +28,7 @@ TARGET_LABELS = {
     "test_all": "test accuracy (all devices)",
     "seen": "accuracy, seen devices (A, B, C, S1-S3)",
     "unseen": "accuracy, unseen devices (S4-S6)",
+    "generalisation_gap": "train - test accuracy",
 }
 
 
@@ -171,6 +172,35 @@ def correlation_heatmap(
         cbar_kws={"label": method},
     )
     ax.set_title(f"{method} correlation, group {group}")
+    _add_note(fig, note)
+    _save(fig, out_png)
+    return fig
+
+
+def measure_ranking(table: pd.DataFrame, out_png: str | Path, *, note: str | None = None) -> Figure:
+    """One panel per target: every measure's Kendall tau (dot, 95 % bootstrap interval) and
+    granulated Psi (diamond, interval from resampled runs), best-agreeing measure on top."""
+    require_columns(table, ["measure", "target", "kendall_tau", "ci_low", "ci_high", "psi",
+                            "psi_ci_low", "psi_ci_high", "rank"], "ranking table")  # fmt: skip
+    targets = list(dict.fromkeys(table["target"])) or ["(none)"]
+    measures = list(dict.fromkeys(table["measure"]))
+    fig = _new_figure(3.4 * len(targets) + 1.5, 0.45 * len(measures) + 1.8)
+    axes = np.atleast_1d(fig.subplots(1, len(targets), sharey=True))
+    for ax, target in zip(axes, targets, strict=True):
+        sel = table[table["target"] == target].set_index("measure").reindex(measures)
+        rows = np.arange(len(measures))
+        for col, low, high, marker, offset, label in (
+            ("kendall_tau", "ci_low", "ci_high", "o", -0.12, "Kendall τ"),
+            ("psi", "psi_ci_low", "psi_ci_high", "D", 0.12, "granulated Ψ"),
+        ):
+            y = rows + offset
+            ax.hlines(y, sel[low], sel[high], color="grey", lw=1)
+            ax.plot(sel[col], y, marker, label=label, ms=5)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set(xlim=(-1, 1), title=TARGET_LABELS.get(target, target), xlabel="rank correlation")
+        ax.set_yticks(rows, measures)
+        ax.invert_yaxis()
+    axes[0].legend(loc="lower left", fontsize=8)
     _add_note(fig, note)
     _save(fig, out_png)
     return fig

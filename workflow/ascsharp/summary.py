@@ -1,7 +1,8 @@
-"""summary.tsv and correlations.tsv of the workflow's own runs.
+"""summary.tsv, correlations.tsv and the measure ranking of the workflow's own runs.
 
-One row per run flattens its metrics.json and sharpness JSON; the correlations cover every
-sharpness variant against every accuracy target, for three subsets of runs (see SUBSETS).
+One row per run flattens its metrics.json, sharpness JSON and measure JSONs; the correlations
+cover every sharpness variant and measure against every accuracy target, for three subsets of
+runs (see SUBSETS); the ranking compares the measures with one another (Jiang et al. 2020).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import pandas as pd
 from ascsharp.correlation import (
     GRANULATED_AXES,
     HEADLINE_MEASURE,
+    MIN_RUNS,
     PAPER_TARGETS,
+    correlate,
     correlation_table,
+    granulated_kendall,
 )
 from ascsharp.meta import CITIES, DEVICES
 
@@ -33,14 +37,25 @@ RUN_TARGETS = [
 SUBSETS = ("headline", "with_excluded", "all_runs")
 # The variant the paper used; summary.tsv names it mean_/std_/max_sharpness.
 PAPER_VARIANT = ("legacy-disk", "grid-min")
+# results/measures/{run}/{measure}.json value -> summary.tsv column. The plain (non-adaptive)
+# variants write other value names, so they can never be read as the adaptive ones.
+MEASURE_COLUMNS = {
+    "hessian": {"lambda_max": "hessian_lambda_max", "trace": "hessian_trace"},
+    "adaptive_average": {"adaptive_average": "adaptive_average", "average": "plain_average"},
+    "adaptive_worst": {"adaptive_worst": "adaptive_worst", "worst": "plain_worst"},
+}
+# What the ranking compares measures on; a good measure falls with accuracy, rises with the gap.
+RANK_TARGETS = {"test_all": -1, "seen": -1, "unseen": -1, "generalisation_gap": +1}
 
 
 def _variant_name(region: str, reference: str) -> str:
     return f"sharpness_{region}_{reference}".replace("-", "_")
 
 
-def run_row(metrics: dict[str, Any], sharp: dict[str, Any]) -> dict[str, Any]:
-    """Flatten one run's metrics.json and sharpness JSON into a summary row.
+def run_row(
+    metrics: dict[str, Any], sharp: dict[str, Any], measures: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """Flatten one run's metrics.json, sharpness JSON and measure JSONs into a summary row.
 
     `mean_sharpness`/`std_sharpness`/`max_sharpness` are the paper's variant (legacy disk,
     grid-minimum reference), named as in its table and only there, so that no measure enters the
@@ -77,13 +92,33 @@ def run_row(metrics: dict[str, Any], sharp: dict[str, Any]) -> dict[str, Any]:
             name = _variant_name(region, reference)
             for stat in ("mean", "std", "max"):
                 row[f"{name}_{stat}"] = agg.get(stat, float("nan"))
+    for m in measures:
+        for key, column in MEASURE_COLUMNS.get(m["measure"], {}).items():
+            if key in m["values"]:
+                value = m["values"][key]
+                row[column] = float("nan") if value is None else value
     return row
 
 
+def measure_columns(summary: pd.DataFrame) -> list[str]:
+    """Every sharpness variant and measure column of summary.tsv that holds a value, once each."""
+    columns = [c for c in summary.columns if c.startswith("sharpness_") and c.endswith("_mean")]
+    # Summaries written before run_row dropped the duplicate hold the paper variant twice.
+    columns = [m for m in columns if m != f"{_variant_name(*PAPER_VARIANT)}_mean"]
+    columns = [HEADLINE_MEASURE, "max_sharpness", *columns]
+    columns += [c for cols in MEASURE_COLUMNS.values() for c in cols.values()]
+    return [m for m in columns if m in summary.columns and summary[m].notna().any()]
+
+
 def summary_from_files(
-    metrics_paths: Sequence[Path], sharpness_paths: Sequence[Path], exclude: list[dict[str, Any]]
+    metrics_paths: Sequence[Path],
+    sharpness_paths: Sequence[Path],
+    exclude: list[dict[str, Any]],
+    measure_paths: Sequence[Path] = (),
 ) -> pd.DataFrame:
-    """summary.tsv: one row per run, with `excluded` and its reason from analysis.exclude."""
+    """summary.tsv: one row per run, with `excluded` and its reason from analysis.exclude.
+
+    Runs are matched by the `run` each file carries, never by its path."""
     import json
 
     from ascsharp.runs import matches
@@ -94,13 +129,19 @@ def summary_from_files(
         if "run" not in sharp:
             raise ValueError(f"{path}: key 'run' missing (written by an older version?)")
         sharp_by_run[sharp["run"]] = sharp
+    measures_by_run: dict[str, list[dict[str, Any]]] = {}
+    for path in measure_paths:
+        m = json.loads(Path(path).read_text())
+        if not {"run", "measure", "values"} <= m.keys():
+            raise ValueError(f"{path}: not a measure file (keys run, measure, values expected)")
+        measures_by_run.setdefault(m["run"], []).append(m)
     rows = []
     for path in metrics_paths:
         metrics = json.loads(Path(path).read_text())
         run = metrics.get("run")
         if run not in sharp_by_run:
             raise ValueError(f"{path}: no sharpness file for run {run!r}")
-        row = run_row(metrics, sharp_by_run[run])
+        row = run_row(metrics, sharp_by_run[run], measures_by_run.get(run, []))
         reasons = [r.get("reason", "excluded in config") for r in exclude if matches(row, r)]
         row["excluded"] = bool(reasons)
         row["exclusion_reason"] = "; ".join(reasons)
@@ -127,11 +168,7 @@ def run_correlations(summary: pd.DataFrame, *, n_boot: int, seed: int) -> pd.Dat
     `reason`), so that a grid of two models still finishes with a table and figures. p-value
     families are per subset.
     """
-    measures = [c for c in summary.columns if c.startswith("sharpness_") and c.endswith("_mean")]
-    # Summaries written before run_row dropped the duplicate hold the paper variant twice.
-    measures = [m for m in measures if m != f"{_variant_name(*PAPER_VARIANT)}_mean"]
-    measures = [HEADLINE_MEASURE, "max_sharpness", *measures]
-    measures = [m for m in measures if m in summary.columns and summary[m].notna().any()]
+    measures = measure_columns(summary)
     targets = [t for t in RUN_TARGETS if t in summary.columns and summary[t].notna().any()]
     tables = []
     for name in SUBSETS:
@@ -144,3 +181,55 @@ def run_correlations(summary: pd.DataFrame, *, n_boot: int, seed: int) -> pd.Dat
         table["subset"] = name
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
+
+
+def rank_measures(
+    summary: pd.DataFrame, *, n_boot: int, seed: int, subset: str = "headline"
+) -> pd.DataFrame:
+    """Every measure against every RANK_TARGETS target: Kendall tau with its bootstrap interval,
+    and granulated Psi (seed held fixed) with an interval from resampling runs.
+
+    `agreement` is tau signed so that larger is better (a sharper minimum should mean lower
+    accuracy and a larger gap); `rank` orders the measures by it within each target.
+    """
+    df = subset_runs(summary, subset).replace([np.inf, -np.inf], np.nan)
+    axes = [a for a in GRANULATED_AXES if a in df.columns and df[a].nunique() > 1]
+    rows = []
+    for target, sign in RANK_TARGETS.items():
+        if target not in df.columns:
+            continue
+        for measure in measure_columns(df):
+            tau = correlate(df[measure], df[target], "kendall", n_boot=n_boot, seed=seed)
+            psi, psi_low, psi_high = _psi_with_interval(df, measure, target, axes, n_boot, seed)
+            rows.append({
+                "measure": measure, "target": target, "subset": subset, "n": tau["n"],
+                "kendall_tau": tau["statistic"], "ci_low": tau["ci_low"],
+                "ci_high": tau["ci_high"], "p_value": tau["p_value"], "psi": psi,
+                "psi_ci_low": psi_low, "psi_ci_high": psi_high,
+                "agreement": sign * tau["statistic"],
+            })  # fmt: skip
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["rank"] = table.groupby("target")["agreement"].rank(ascending=False, method="min")
+    return table.sort_values(["target", "rank"], kind="stable").reset_index(drop=True)
+
+
+def _psi_with_interval(
+    df: pd.DataFrame, measure: str, target: str, axes: list[str], n_boot: int, seed: int
+) -> tuple[float, float, float]:
+    if len(df) < MIN_RUNS or not axes:
+        return float("nan"), float("nan"), float("nan")
+    psi = granulated_kendall(df, measure, target, axes)["psi"]
+    rng = np.random.default_rng(seed)
+    # Psi recomputes every group per resample: a few hundred resamples suffice for an interval.
+    boots = []
+    for _ in range(min(n_boot, 200)):
+        sample = df.iloc[rng.integers(0, len(df), len(df))]
+        boots.append(granulated_kendall(sample, measure, target, axes)["psi"])
+    boots = np.asarray(boots, dtype=float)
+    boots = boots[np.isfinite(boots)]
+    if boots.size < 10:
+        return psi, float("nan"), float("nan")
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return psi, float(low), float(high)
