@@ -10,6 +10,7 @@ drift from subtracting), and each shard is a separate file that `gather` checks 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,6 +32,15 @@ from ascsharp.seeds import derive_seed, generator
 from ascsharp.surface import SPLITS, Grid, shard_indices, write_shard
 
 PURPOSE = "landscape"
+# Forward precision of a grid point: float32 (default), or autocast to a 16-bit type.
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +202,7 @@ def evaluate_points(
     log: logging.Logger | None = None,
     save_every: int = 4,
     fold_bn: bool = True,
+    precision: str = "float32",
 ) -> dict[int, tuple[float, float]]:
     """Loss and accuracy at the given flat grid indices: {p: (mean cross-entropy, accuracy)}.
 
@@ -204,6 +215,8 @@ def evaluate_points(
     With `fold_bn` (CNN10/CNN14 only), each point is evaluated on a copy of the perturbed model
     whose BatchNorms are folded into their convolutions, in channels-last layout: the same loss
     up to float rounding, at a fraction of the time (see tests/benchmarks/bench_landscape.py).
+    `precision` "bfloat16" or "float16" runs the forward under autocast (the loss is still
+    summed in float64); what that does to a surface is measured by bench_precision.py.
     """
     log = log or get_logger()
     indices = np.asarray(list(indices), dtype=np.int64)
@@ -213,6 +226,8 @@ def evaluate_points(
         raise ValueError("grid indices contain duplicates")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x has {len(x)} clips, y has {len(y)}; need equal and > 0")
 
@@ -253,7 +268,7 @@ def evaluate_points(
                     w.add_(b, alpha=beta)
                 if folded is not None:
                     refold_(folded, model)
-                with torch.inference_mode():
+                with torch.inference_mode(), _autocast(device, precision):
                     logits = predict(model if folded is None else folded, x, batch_size)
                     loss, acc = loss_and_accuracy(logits, y)
                 for w, w_init in zip(params, w0, strict=True):
