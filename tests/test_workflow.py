@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from workflow_run import ROOT, TINY, copy_project, env, snakemake
 
 from ascsharp.correlation import TABLE_COLUMNS
@@ -50,24 +57,169 @@ def _job_counts(proc) -> dict[str, int]:
     return counts
 
 
+def _jobs(proc) -> list[dict]:
+    """Every job a dry run lists: rule, wildcards and resources, as Snakemake prints them."""
+    text = proc.stdout + proc.stderr
+    jobs = []
+    for block in re.split(r"\n\[[^\]]+\]\n", text)[1:]:
+        head = re.match(r"rule (\w+):", block)
+        if not head:
+            continue
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, flags=re.M))
+        resources = dict(
+            item.split("=", 1) for item in fields.get("resources", "").split(", ") if "=" in item
+        )
+        jobs.append({"rule": head[1], "output": fields.get("output", ""),
+                     "wildcards": fields.get("wildcards", ""), "resources": resources})  # fmt: skip
+    return jobs
+
+
+def _localrules(work: Path, *configfiles: str) -> set[str]:
+    """The rules that run on the submit host under a cluster executor (a dry run does not say)."""
+    script = (
+        "import sys; from pathlib import Path; from snakemake.api import SnakemakeApi\n"
+        "from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings\n"
+        "with SnakemakeApi(OutputSettings()) as api:\n"
+        "    wf = api.workflow(ResourceSettings(cores=1), ConfigSettings(configfiles=[Path(c) "
+        "for c in sys.argv[1:]]), snakefile=Path('Snakefile'), workdir=Path('.'))\n"
+        "    print(' '.join(sorted(wf._workflow._localrules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, *configfiles], cwd=work, env=env(),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return set(proc.stdout.split())
+
+
 def test_default_dry_run_lists_the_dag(tmp_path):
-    counts = _job_counts(snakemake(copy_project(tmp_path), "-n"))
+    from ascsharp.synth import MARKER
+
+    out = snakemake(copy_project(tmp_path), "-n")
+    counts = _job_counts(out)
     assert counts["train"] == 8
     assert counts["landscape_shard"] == 8 * 2 * 2  # runs x direction seeds x shards
     assert counts["gather"] == 16 and counts["sharpness"] == 8
     assert counts["synthesize"] == 1 and counts["features"] == 2
+    # The synthetic set is declared by the marker file `ascsharp synth` writes into it.
+    (synthesize,) = [j for j in _jobs(out) if j["rule"] == "synthesize"]
+    assert synthesize["output"] == f"data/synthetic/{MARKER}"
+
+
+def _fake_dataset(root: Path) -> Path:
+    """The files that define a DCASE2020 folder (a dry run reads no audio)."""
+    (root / "evaluation_setup").mkdir(parents=True)
+    for name in ("meta.csv", "evaluation_setup/fold1_train.csv",
+                 "evaluation_setup/fold1_evaluate.csv"):  # fmt: skip
+        (root / name).write_text("filename\tscene_label\n")
+    return root
 
 
 def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
     work = copy_project(tmp_path)
-    data = work / "dcase"
-    data.mkdir()  # the real data set would be here; a dry run only needs the folder
+    data = _fake_dataset(work / "dcase")
     out = snakemake(work, "-n", "--configfile", "workflow/presets/paper.yaml",
                     "--config", f"dataset={{'root': '{data}'}}")  # fmt: skip
     counts = _job_counts(out)
+    shards = yaml.safe_load((work / "workflow/presets/paper.yaml").read_text())["landscape"]
     assert counts["train"] == 46
-    assert counts["landscape_shard"] == 46 * 3 * 4
-    assert "synthesize" not in counts
+    assert counts["landscape_shard"] == 46 * 3 * shards["shards"]
+    assert "synthesize" not in counts and "download" not in counts
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "slurm"]], ids=["local", "slurm"])
+def test_paper_preset_without_data_stops_with_one_line(tmp_path, profile):
+    """Before the data exist, a dry run says in one line how to point at them or download them."""
+    work = copy_project(tmp_path)
+    proc = snakemake(work, "-n", *profile, "--configfile", "workflow/presets/paper.yaml",
+                     check=False)  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "rror" in line or "Exception" in line]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("error: dataset.root: no data/TAU-urban")
+    assert "dataset.download.enabled: true" in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_download_is_planned_on_the_submit_host(tmp_path):
+    """With the download enabled, the dry run plans it before features; compute nodes often
+    have no internet, so it is a local rule under --profile slurm."""
+    from ascsharp.download import MARKER
+
+    work = copy_project(tmp_path)
+    mine = tmp_path / "my-data.yaml"
+    mine.write_text("dataset:\n  download:\n    enabled: true\n")
+    proc = snakemake(work, "-n", "--profile", "slurm", "--configfile",
+                     "workflow/presets/paper.yaml", str(mine))  # fmt: skip
+    (download,) = [j for j in _jobs(proc) if j["rule"] == "download"]
+    # The download is declared by the marker file `ascsharp download` writes into the set.
+    assert download["output"] == f"data/TAU-urban-acoustic-scenes-2020-mobile-development/{MARKER}"
+    assert _job_counts(proc)["features"] == 2
+    assert "download" in _localrules(work, "workflow/presets/paper.yaml", str(mine))
+
+
+def _readme_cluster_commands() -> list[list[str]]:
+    """The `snakemake ... --profile slurm ...` command lines of the README's code blocks."""
+    readme = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("snakemake ") and "--profile slurm" in line:
+                commands.append(shlex.split(line))
+    return commands
+
+
+# What the rules ask for on the paper preset (common.smk), in minutes: features 60; training
+# (50 + 1 epochs) x 6 (CNN10) or x 10 (CNN14) minutes per epoch of 10-s clips.
+PAPER_RUNTIME = {"features": {"60"}, "train": {"306", "510"}}
+
+
+def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
+    """Site options on the command line replace the profile's option of the same name; the
+    resources that the science needs are on the rules, so every README command keeps them,
+    and CPU jobs are sent to a GPU partition only when told."""
+    commands = _readme_cluster_commands()
+    assert len(commands) >= 3
+    work = copy_project(tmp_path)
+    data = _fake_dataset(work / "dcase")
+    (work / "my-data.yaml").write_text(f"dataset:\n  root: {data}\n")
+    # Feature stores of the paper's size (sparse), older than the data: features reruns, and
+    # the memory of the jobs that load them is computed in the dry run.
+    stores = work / "results/features"
+    stores.mkdir(parents=True)
+    # 13,962 and 2,968 clips x 64 mel bands x 1001 frames x 4 bytes
+    sizes = {"train.npy": 3_577_869_312, "test.npy": 760_554_496}
+    for name, size in sizes.items():
+        with open(stores / name, "wb") as f:
+            f.truncate(size)
+    for name in ("train.tsv", "test.tsv", "train.json", "test.json", "validation.tsv"):
+        (stores / name).write_text("")
+    for path in stores.iterdir():
+        os.utime(path, (time.time() - 3600,) * 2)
+    local = _localrules(work, "workflow/presets/paper.yaml", "my-data.yaml")
+    keys = ("runtime", "mem_mb", "gpu")
+
+    def submitted(cmd: list[str]) -> dict[tuple[str, str], dict[str, str]]:
+        jobs = _jobs(snakemake(work, *cmd[1:], "-n"))
+        return {(j["rule"], j["wildcards"]): j["resources"] for j in jobs if j["rule"] not in local}
+
+    plain = submitted(["snakemake", "--profile", "slurm", "--configfile",
+                       "workflow/presets/paper.yaml", "my-data.yaml"])  # fmt: skip
+    by_rule: dict[str, set[tuple]] = {}
+    for (rule, _), res in plain.items():
+        by_rule.setdefault(rule, set()).add(tuple(res.get(k) for k in keys))
+    assert set(by_rule) == {"features", "train", "landscape_shard"}
+    assert {r[0] for r in by_rule["features"]} == PAPER_RUNTIME["features"]
+    assert {r[0] for r in by_rule["train"]} == PAPER_RUNTIME["train"]
+    # 2000 MB + 1.5 x the stores it loads (Snakemake's size_mb counts MiB).
+    assert {r[1] for r in by_rule["train"]} == {str(int(2000 + 1.5 * sum(sizes.values()) / 2**20))}
+    assert {r[2] for rule in ("train", "landscape_shard") for r in by_rule[rule]} == {"1"}
+    assert {r[2] for r in by_rule["features"]} == {None}
+    assert all(int(r[0]) >= 60 for r in by_rule["landscape_shard"])
+    for cmd in commands:
+        got = submitted(cmd)
+        assert got and set(got) <= set(plain), shlex.join(cmd)
+        for job, res in got.items():
+            assert [res.get(k) for k in keys] == [plain[job].get(k) for k in keys], job
+            told = any(arg.startswith("features:slurm_partition=") for arg in cmd)
+            if job[0] == "features" and not told:
+                assert "slurm_partition" not in res, shlex.join(cmd)
 
 
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
@@ -125,6 +277,70 @@ def test_single_surface_target_rebuilds_only_what_it_lacks(tiny_run):
     assert _job_counts(forced) == {"gather": 1, "landscape_shard": 2, "total": 3}
 
 
+@pytest.mark.slow
+def test_adding_a_file_to_the_data_folder_reruns_nothing(tiny_run):
+    # Other tests rebuild parts of the tiny run: bring it up to date first (usually no work).
+    snakemake(tiny_run, "--cores", "2", "--configfile", str(TINY))
+    data = tiny_run / "data/synthetic"
+    note = data / "README.txt"
+    note.write_text("notes about this copy of the data\n")
+    try:
+        os.utime(data)  # the folder's mtime moves, as any edit in it would move it
+        out = snakemake(tiny_run, "-n", "--configfile", str(TINY))
+    finally:
+        note.unlink()
+    assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_landscape_shard_then_rerun_computes_only_the_missing_points(
+    tiny_run, tmp_path
+):
+    """A real SIGKILL of `ascsharp landscape-shard` mid-grid; the rerun computes exactly the
+    points missing from its partial file, and the shard equals an uninterrupted one bit for bit."""
+    model = tiny_run / f"results/models/{RUN}/model.pt"
+    directions = tiny_run / f"results/landscapes/{RUN}/direction_seed~42/directions.pt"
+    cmd = [_tool("ascsharp"), "landscape-shard", "--model", str(model), "--directions",
+           str(directions), "--features", str(tiny_run / "results/features"), "--split", "train",
+           "--batch-size", "64", "--shards", "1", "--shard", "0", "--x", "-0.5", "0.5", "7",
+           "--y", "-0.5", "0.5", "7", "--threads", "1", "--out"]  # fmt: skip
+    n_points = 7 * 7
+    killed = tmp_path / "killed" / "shard~0.npz"
+    partial = killed.with_name(killed.name + ".partial.json")
+    killed.parent.mkdir()
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([*cmd, str(killed)], stderr=log, env=env())
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if len(json.loads(partial.read_text())["done"]) >= 8:
+                    break
+            except (OSError, ValueError):
+                pass  # not written yet (it is replaced atomically, never half-written)
+            time.sleep(0.02)
+        assert proc.poll() is None, "the shard finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done_before = set(json.loads(partial.read_text())["done"])
+    assert 8 <= len(done_before) < n_points and not killed.exists()
+
+    rerun = subprocess.run([*cmd, str(killed)], capture_output=True, text=True, env=env())
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(done_before)}/{n_points} points done" in rerun.stderr
+    computed = re.findall(r"points \d+/\d+ .*\(alpha=", rerun.stderr)
+    assert len(computed) == n_points - len(done_before), rerun.stderr[-3000:]
+    assert not partial.exists()
+
+    clean = tmp_path / "clean" / "shard~0.npz"
+    proc = subprocess.run([*cmd, str(clean)], capture_output=True, text=True, env=env())
+    assert proc.returncode == 0, proc.stderr
+    with np.load(killed) as a, np.load(clean) as b:
+        assert a.files == b.files
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key
+        assert sorted(a["indices"]) == list(range(n_points))
+
+
 def test_cli_is_on_path():
     proc = subprocess.run(["ascsharp", "--help"], env=env(), capture_output=True, text=True)
     assert proc.returncode == 0 and "sharpness" in proc.stdout
@@ -143,11 +359,15 @@ def test_keep_going_leaves_other_runs_intact(tiny_run, tmp_path):
     proc = snakemake(
         tiny_run,
         *(f"results/models/{run}/metrics.json" for run in (good, bad)),
-        "--cores", "2", "--keep-going", "--configfile", str(TINY), str(wider),
-        check=False,
+        "--cores", "2", "--keep-going", "--show-failed-logs", "--configfile", str(TINY),
+        str(wider), check=False,
     )  # fmt: skip
     assert proc.returncode != 0, proc.stderr[-3000:]
-    assert "batch_size 100000 exceeds" in (tiny_run / f"logs/train/{bad}.log").read_text()
+    error = "ascsharp train: error: batch_size 100000 exceeds"
+    assert error in (tiny_run / f"logs/train/{bad}.log").read_text()
+    # --show-failed-logs (the README's flag; `show-failed-logs: true` in the Slurm profile)
+    # puts the failed job's one-line error in the console, not only in its log file.
+    assert error in proc.stdout + proc.stderr
     assert not (tiny_run / f"results/models/{bad}/model.pt").exists()
     assert json.loads((tiny_run / f"results/models/{good}/metrics.json").read_text())["run"] == good
     assert (tiny_run / f"results/models/{RUN}/metrics.json").read_bytes() == before

@@ -1,11 +1,14 @@
-# Path helpers, the run grid and wildcard constraints; no logic beyond that.
+# Path helpers, the run grid, wildcard constraints and what each cluster job asks for.
 import json
+import math
 import sys
 from pathlib import Path
 
 from snakemake.utils import Paramspace
 
-from ascsharp.config import ConfigError, analysed_runs, expand_grid, validate_config
+from ascsharp.config import ConfigError, validate_config
+from ascsharp.meta import FOLD_FILES, META_FILE
+from ascsharp.runs import expand_grid, parse_run_id
 
 try:
     _validated = validate_config(config, source="config")
@@ -53,9 +56,95 @@ def shards_of(wildcards):
     )
 
 
-def memory_mb(wildcards, input):
+# --- The data set -----------------------------------------------------------------------------
+# A features job depends on the files that define the data set, never on its folder: the folder's
+# mtime changes whenever anything is added to it (a README, a notes file), and a folder input
+# would then rerun every feature store, model and landscape. The synthetic set and the download
+# are published by renaming a finished folder into place, with their marker file inside, so the
+# marker is the one output their rules declare (written by ascsharp.synth / ascsharp.download).
+SYNTHETIC_MARKER = ".ascsharp-synthetic.json"
+DOWNLOAD_MARKER = ".ascsharp-download.json"
+# meta.csv plus the two fold files the workflow reads (fold1_test.csv is not used).
+DATASET_FILES = [META_FILE, *(FOLD_FILES[fold][0] for fold in ("train", "evaluate"))]
+
+
+def dataset_files():
+    """The inputs of a features job: the marker of a generated set, else meta.csv + fold files."""
+    data = config["dataset"]
+    if data["synthetic"]["generate"]:
+        return [f"{DATA_ROOT}/{SYNTHETIC_MARKER}"]
+    if data["download"]["enabled"]:
+        return [f"{DATA_ROOT}/{DOWNLOAD_MARKER}"]
+    files = [f"{DATA_ROOT}/{name}" for name in DATASET_FILES]
+    missing = [f for f in files if not Path(f).is_file()]
+    # Only the main process checks: inside a cluster job the data are not needed by every rule.
+    if missing and workflow.is_main_process:
+        sys.exit(
+            f"error: dataset.root: no {missing[0]}: set dataset.root to the unpacked DCASE2020 "
+            "development set, or dataset.download.enabled: true to download it, in a config "
+            'file given after the preset (README, "Using the real DCASE2020 data")'
+        )
+    return files
+
+
+def dataset_root_of_output(wildcards, output):
+    """The folder that synthesize or download publishes (their marker is inside it)."""
+    return str(Path(output[0]).parent)
+
+
+def dataset_root_of_input(wildcards, input):
+    """The data set folder of a features job: that of meta.csv or of the marker."""
+    return str(Path(input[0]).parent)
+
+
+# --- Cluster resources ------------------------------------------------------------------------
+# Each job's time limit and memory follow from the science settings; a retry (`attempt` 2, ...)
+# asks for that many times as much, and training and shards resume where the killed attempt
+# stopped. Site settings (partition, account, GPU model) come from the command line (README).
+# Time budgets are for one V100-class GPU (~10 TFLOP/s reached in fp32) on the paper's data,
+# fold1_train = 13,962 clips of 10 s, and scale with the clip length. One forward pass over a
+# 10-s clip costs 26 GFLOP (CNN10) or 40 GFLOP (CNN14) (torch.utils.flop_counter), so an epoch
+# (forward + backward, ~3 passes, plus the selection fold) takes 2-3 GPU minutes: budgeted x3
+# for the slowest optimisers (SAM, GDTUO, K-FAC). A grid point is one forward pass over the
+# clips (~40-60 s): budgeted x2. Synthetic sets have far fewer clips, so their budget is ample.
+TRAIN_EPOCH_MINUTES = {"cnn10": 6, "cnn14": 10}
+LANDSCAPE_POINT_MINUTES = {"cnn10": 1.2, "cnn14": 2}
+# One feature store: ~5 CPU minutes per thread for the real set (README), plus reading 30 GB.
+FEATURES_MINUTES = 60
+PAPER_TRAIN_CLIPS = 13962
+CLIP_SCALE = config["dataset"]["clip_seconds"] / 10
+
+
+def _arch(wildcards):
+    return parse_run_id(wildcards.run)["arch"]
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes: every epoch plus one epoch's worth for loading, selection and testing."""
+    epoch = TRAIN_EPOCH_MINUTES[_arch(wildcards)] * CLIP_SCALE
+    return attempt * math.ceil((config["train"]["epochs"] + 1) * epoch)
+
+
+def landscape_shard_runtime(wildcards, attempt):
+    """Minutes: the shard's grid points plus one point's worth for loading, on its clips."""
+    points = math.ceil(LAND["x"]["num"] * LAND["y"]["num"] / LAND["shards"])
+    clips = min(1.0, LAND["subset"] / PAPER_TRAIN_CLIPS) if LAND["subset"] else 1.0
+    point = LANDSCAPE_POINT_MINUTES[_arch(wildcards)] * CLIP_SCALE * clips
+    return attempt * math.ceil((points + 1) * point)
+
+
+def features_runtime(wildcards, attempt):
+    return attempt * FEATURES_MINUTES
+
+
+def memory_mb(wildcards, input, attempt):
     """Jobs hold their feature stores in memory: size them from the inputs, plus torch itself."""
-    return int(2000 + 1.5 * input.size_mb)
+    return attempt * int(2000 + 1.5 * input.size_mb)
+
+
+def features_memory_mb(wildcards, attempt):
+    """The store is written through a memory map; decoding and resampling need the rest."""
+    return attempt * 4000
 
 
 def grid_args():

@@ -4,7 +4,7 @@
 
 rule features:
     input:
-        DATA_ROOT,
+        dataset_files(),
     output:
         npy="results/features/{store}.npy",
         tsv="results/features/{store}.tsv",
@@ -17,14 +17,16 @@ rule features:
         "../../envs/ascsharp.yaml"
     threads: 8
     resources:
-        mem_mb=4000,
+        runtime=features_runtime,
+        mem_mb=features_memory_mb,
     params:
+        root=dataset_root_of_input,
         fold=lambda w: FOLD_OF_STORE[w.store],
         audio=config["dataset"],
         dtype=config["features"]["dtype"],
         mel=mel_args(),
     shell:
-        "ascsharp features --root {input} --fold {params.fold} --out-npy {output.npy}"
+        "ascsharp features --root {params.root:q} --fold {params.fold} --out-npy {output.npy}"
         " --out-tsv {output.tsv} --audio-sample-rate {params.audio[sample_rate]}"
         " --clip-seconds {params.audio[clip_seconds]} --dtype {params.dtype}"
         " --threads {threads} {params.mel} 2> {log}"

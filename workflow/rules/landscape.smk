@@ -34,6 +34,7 @@ rule landscape_shard:
     threads: 1
     resources:
         gpu=1,
+        runtime=landscape_shard_runtime,
         mem_mb=memory_mb,
     params:
         land=LAND,

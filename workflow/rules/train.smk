@@ -20,6 +20,7 @@ rule train:
     threads: 1
     resources:
         gpu=1,
+        runtime=train_runtime,
         mem_mb=memory_mb,
     params:
         train=config["train"],
