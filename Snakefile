@@ -7,6 +7,7 @@
 #   results/models/{run}/model.pt, metrics.json, history.tsv     selected weights, accuracies, per-epoch log
 #   results/landscapes/{run}/direction_seed~{d}/                 directions.pt, shard~{k}.npz, surface.h5, *.png
 #   results/sharpness/{run}.json                                 every sharpness variant, per seed + aggregated
+#   results/measures/{run}/{measure}.json                        Hessian, adaptive sharpness (average, worst)
 #   results/analysis/summary.tsv, correlations.tsv, figures/     one row per run; statistics; figures
 #   results/paper/                                               the same statistics on the paper's own table
 #   logs/{rule}/..., benchmarks/{rule}/...                       mirror the outputs
@@ -31,6 +32,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/landscape.smk"
 include: "workflow/rules/sharpness.smk"
+include: "workflow/rules/measures.smk"
 include: "workflow/rules/analysis.smk"
 
 
@@ -43,6 +45,7 @@ localrules:
     sharpness,
     summarize,
     correlations,
+    rank_measures,
     figures,
     paper_table,
 

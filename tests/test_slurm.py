@@ -27,7 +27,7 @@ SLURM_SCRIPTS = ROOT.parent / "shared" / "slurm"
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
 SLOW_SHARD = f"results/landscapes/{RUN}/direction_seed~42/shard~1.npz"
 # Every heavy job goes through sbatch; two shard jobs run twice (cancelled, timed out).
-SUBMITTED_RULES = {"features": 2, "train": 4, "landscape_shard": 8 + 2}
+SUBMITTED_RULES = {"features": 2, "train": 4, "landscape_shard": 8 + 2, "measure": 4 * 3}
 # Seconds after its job's start at which the slow shard starts its real work: past the first
 # attempt's limit (1 minute, enforced within Slurm's 30-s check period, so by 90 s), well within
 # the retry's 2 minutes.

@@ -97,6 +97,7 @@ def test_default_dry_run_lists_the_dag(tmp_path):
     assert counts["train"] == 8
     assert counts["landscape_shard"] == 8 * 2 * 2  # runs x direction seeds x shards
     assert counts["gather"] == 16 and counts["sharpness"] == 8
+    assert counts["measure"] == 8 * 3 and counts["rank_measures"] == 1
     assert counts["synthesize"] == 1 and counts["features"] == 2
     # The synthetic set is declared by the marker file `ascsharp synth` writes into it.
     (synthesize,) = [j for j in _jobs(out) if j["rule"] == "synthesize"]
@@ -121,6 +122,7 @@ def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
     shards = yaml.safe_load((work / "workflow/presets/paper.yaml").read_text())["landscape"]
     assert counts["train"] == 46
     assert counts["landscape_shard"] == 46 * 3 * shards["shards"]
+    assert counts["measure"] == 46 * 3
     assert "synthesize" not in counts and "download" not in counts
 
 
@@ -236,8 +238,16 @@ def test_tiny_workflow_produces_every_output(tiny_run):
     corr = pd.read_csv(tiny_run / "results/analysis/correlations.tsv", sep="\t")
     assert list(corr.columns[: len(TABLE_COLUMNS) - 1]) == TABLE_COLUMNS[:-1]
     assert {"test_all", "seen", "unseen"} <= set(corr["target"])
-    for name in ("scatter", "devices", "correlations"):
+    for name in ("scatter", "devices", "correlations", "measure_ranking"):
         assert (tiny_run / f"results/analysis/figures/{name}.png").stat().st_size > 1000
+    # Every measure of every run: a summary column and rows of the correlations and the ranking.
+    measure_columns = ["hessian_lambda_max", "hessian_trace", "adaptive_average", "adaptive_worst"]
+    assert summary[measure_columns].notna().all().all()
+    assert set(measure_columns) <= set(corr["measure"])
+    ranking = pd.read_csv(tiny_run / "results/analysis/measure_ranking.tsv", sep="\t")
+    assert set(measure_columns) | {"mean_sharpness"} <= set(ranking["measure"])
+    hessian = json.loads((tiny_run / f"results/measures/{RUN}/hessian.json").read_text())
+    assert hessian["run"] == RUN and hessian["clips"]["n"] == 16 and hessian["cost"]["flops"] > 0
     with h5py.File(tiny_run / SURFACE) as f:
         assert f["train_loss"].shape == (3, 3)
         assert list(f["xcoordinates"][:]) == [-0.25, 0.0, 0.25]

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ascsharp.runs import analysed_runs, expand_grid, parse_run_id  # noqa: F401 (common.smk)
+from ascsharp.runs import analysed_runs, expand_grid
 
 # The schema ships inside the package (package data), so an installed wheel validates exactly
 # as a checkout does; Snakemake reaches it through validate_config (workflow/rules/common.smk).

@@ -6,17 +6,18 @@ rule summarize:
     input:
         metrics=expand("results/models/{run}/metrics.json", run=RUN_IDS),
         sharpness=expand("results/sharpness/{run}.json", run=RUN_IDS),
+        measures=expand(
+            "results/measures/{run}/{measure}.json", run=RUN_IDS, measure=MEASURE_NAMES
+        ),
     output:
         "results/analysis/summary.tsv",
     log:
         "logs/summarize/summarize.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     params:
         exclude=ANALYSIS_EXCLUDE,
     shell:
         "ascsharp summarize --metrics {input.metrics} --sharpness {input.sharpness}"
-        " --exclude {params.exclude:q} --out {output} 2> {log}"
+        " --measures {input.measures} --exclude {params.exclude:q} --out {output} 2> {log}"
 
 
 rule correlations:
@@ -26,13 +27,31 @@ rule correlations:
         "results/analysis/correlations.tsv",
     log:
         "logs/correlations/correlations.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     params:
         analysis=config["analysis"],
     shell:
         "ascsharp correlate {input} --bootstrap {params.analysis[bootstrap]}"
         " --seed {params.analysis[seed]} --out {output} 2> {log}"
+
+
+rule rank_measures:
+    input:
+        "results/analysis/summary.tsv",
+    output:
+        table="results/analysis/measure_ranking.tsv",
+        figure=report(
+            "results/analysis/figures/measure_ranking.png",
+            caption="../report/ranking.rst",
+            category="Sharpness and accuracy",
+        ),
+    log:
+        "logs/rank_measures/rank_measures.log",
+    params:
+        analysis=config["analysis"],
+    shell:
+        "ascsharp rank-measures {input} --bootstrap {params.analysis[bootstrap]}"
+        " --seed {params.analysis[seed]} --out {output.table} --figure {output.figure}"
+        " 2> {log}"
 
 
 rule figures:
@@ -57,8 +76,6 @@ rule figures:
         ),
     log:
         "logs/figures/figures.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     shell:
         "ascsharp figures --summary {input.summary} --correlations {input.correlations}"
         " --scatter {output.scatter} --devices {output.devices} --heatmap {output.heatmap}"
@@ -78,7 +95,5 @@ rule paper_table:
         ),
     log:
         "logs/paper_table/paper_table.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     shell:
         "ascsharp paper-table {input} --out results/paper --figures 2> {log}"

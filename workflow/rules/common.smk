@@ -147,6 +147,36 @@ def features_memory_mb(wildcards, attempt):
     return attempt * 4000
 
 
+MEASURES = config["measures"]
+MEASURE_NAMES = [
+    name
+    for name in ("hessian", "adaptive_average", "adaptive_worst")
+    if MEASURES[name]["enabled"]
+]
+# Passes over a measure's clips per job (paper settings: ~150 Hessian-vector products of 9
+# forward passes each, 101 forward passes, 63 gradient passes of 3 each), in forward passes.
+MEASURE_FORWARD_PASSES = {
+    "hessian": 1400,
+    "adaptive_average": 110,
+    "adaptive_worst": 200,
+}
+
+
+def measure_options(wildcards):
+    """The measure's settings from the config, as `ascsharp measure` options."""
+    settings = {k: v for k, v in MEASURES[wildcards.measure].items() if k != "enabled"}
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+
+
+def measure_runtime(wildcards, attempt):
+    """Minutes: the measure's forward-pass equivalents over its clips, at a landscape point's
+    per-clip rate (a grid point is one forward pass over all training clips)."""
+    clips = MEASURES["clips"] or PAPER_TRAIN_CLIPS
+    share = min(1.0, clips / PAPER_TRAIN_CLIPS)
+    point = LANDSCAPE_POINT_MINUTES[_arch(wildcards)] * CLIP_SCALE * share
+    return attempt * math.ceil(MEASURE_FORWARD_PASSES[wildcards.measure] * point + 5)
+
+
 def grid_args():
     x, y = LAND["x"], LAND["y"]
     return f"--x {x['min']} {x['max']} {x['num']} --y {y['min']} {y['max']} {y['num']}"
@@ -171,6 +201,7 @@ def all_targets():
         "results/analysis/summary.tsv",
         "results/analysis/correlations.tsv",
         "results/analysis/figures/scatter.png",
+        "results/analysis/measure_ranking.tsv",
         "results/paper/correlations.tsv",
         *expand("results/sharpness/{run}.json", run=RUN_IDS),
         *figures,

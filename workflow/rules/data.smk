@@ -16,8 +16,6 @@ if config["dataset"]["synthetic"]["generate"]:
             f"{DATA_ROOT}/{SYNTHETIC_MARKER}",
         log:
             "logs/synthesize/synthesize.log",
-        conda:
-            "../../envs/ascsharp.yaml"
         params:
             root=dataset_root_of_output,
             synth=config["dataset"]["synthetic"],
@@ -43,8 +41,6 @@ if (
             f"{DATA_ROOT}/{DOWNLOAD_MARKER}",
         log:
             "logs/download/download.log",
-        conda:
-            "../../envs/ascsharp.yaml"
         params:
             root=dataset_root_of_output,
             api=config["dataset"]["download"]["api"],

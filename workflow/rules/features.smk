@@ -13,8 +13,6 @@ rule features:
         "logs/features/{store}.log",
     benchmark:
         "benchmarks/features/{store}.tsv"
-    conda:
-        "../../envs/ascsharp.yaml"
     threads: 8
     resources:
         runtime=features_runtime,
@@ -39,8 +37,6 @@ rule validation_split:
         "results/features/validation.tsv",
     log:
         "logs/validation_split/validation_split.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     params:
         features=config["features"],
     shell:

@@ -9,8 +9,6 @@ rule directions:
         "results/landscapes/{run}/direction_seed~{direction_seed}/directions.pt",
     log:
         "logs/directions/{run}/direction_seed~{direction_seed}.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     shell:
         "ascsharp directions --model {input} --direction-seed {wildcards.direction_seed}"
         " --out {output} 2> {log}"
@@ -29,8 +27,6 @@ rule landscape_shard:
         "logs/landscape_shard/{run}/direction_seed~{direction_seed}/shard~{shard}.log",
     benchmark:
         "benchmarks/landscape_shard/{run}/direction_seed~{direction_seed}/shard~{shard}.tsv"
-    conda:
-        "../../envs/ascsharp.yaml"
     threads: 1
     resources:
         gpu=1,
@@ -66,8 +62,6 @@ rule gather:
         ),
     log:
         "logs/gather/{run}/direction_seed~{direction_seed}.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     shell:
         "ascsharp gather {input} --out {output.surface} --contour {output.contour}"
         " --surface3d {output.surface3d} 2> {log}"

@@ -8,8 +8,6 @@ rule sharpness:
         "results/sharpness/{run}.json",
     log:
         "logs/sharpness/{run}.log",
-    conda:
-        "../../envs/ascsharp.yaml"
     params:
         radius=config["sharpness"]["radius"],
     shell:

@@ -15,8 +15,6 @@ rule train:
         "logs/train/{run}.log",
     benchmark:
         "benchmarks/train/{run}.tsv"
-    conda:
-        "../../envs/ascsharp.yaml"
     threads: 1
     resources:
         gpu=1,
