@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,10 @@ def write_feature_store(root: Path, n_train: int = 120, n_test: int = 60, seed: 
         table = clip_table(names)
         table.insert(0, "row", np.arange(n))
         table.to_csv(root / f"{store}.tsv", sep="\t", index=False)
+        # The settings file `ascsharp features` writes beside the store (train records it).
+        mel = {"sample_rate": 16000, "n_fft": 512, "hop_length": 160, "n_mels": N_MELS,
+               "fmin": 50.0, "fmax": 8000.0}  # fmt: skip
+        (root / f"{store}.json").write_text(json.dumps({"mel": mel, "fold": store}))
     train = pd.read_csv(root / "train.tsv", sep="\t")
     train[train["location"].str.endswith("-0")][["filename", "scene", "location", "device"]].to_csv(
         root / "validation.tsv", sep="\t", index=False

@@ -15,9 +15,6 @@ from ascsharp.train import RESUME_FILE, TrainSettings, batch_count, train
 
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
 SETTINGS = TrainSettings(epochs=6, width=0.25, eval_batch_size=32)
-# What the workflow passes (config.yaml: features); the fixture's store has 16 mel bins.
-MEL_ARGS = ["--sample-rate", "16000", "--n-fft", "512", "--hop-length", "160", "--n-mels", "16",
-            "--fmin", "50", "--fmax", "8000"]  # fmt: skip
 
 
 def test_training_learns_and_writes_self_describing_outputs(feature_store, tmp_path):
@@ -134,7 +131,8 @@ def test_kill_9_mid_training_then_rerun_equals_uninterrupted(feature_store, tmp_
     cmd = [exe, "train", "--features", str(feature_store), "--run", RUN, "--epochs", "6",
            "--width", str(settings.width), "--eval-batch-size", "32", "--threads", "1",
            "--selection", settings.selection, "--converged-min-train-accuracy",
-           str(settings.converged_min_train_accuracy), *MEL_ARGS, "--out-dir"]  # fmt: skip
+           str(settings.converged_min_train_accuracy), "--features-settings",
+           str(feature_store / "train.json"), "--out-dir"]  # fmt: skip
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, str(killed_dir)], stderr=subprocess.PIPE, text=True)
     resume_file = killed_dir / RESUME_FILE

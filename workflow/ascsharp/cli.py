@@ -188,15 +188,18 @@ def _train_args(p):
     p.add_argument("--amp", action="store_true")
     p.add_argument("--converged-min-train-accuracy", type=float, required=True)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    _mel_arguments(p)
+    p.add_argument(
+        "--features-settings",
+        type=Path,
+        required=True,
+        help="train.json written by `ascsharp features`: recorded in model.pt with the weights",
+    )
 
 
 @command(
     "train", "train one grid run; resumes from its last epoch checkpoint if killed", _train_args
 )
 def _train(args):
-    from dataclasses import asdict
-
     from .train import TrainSettings, train
 
     settings = TrainSettings(
@@ -207,7 +210,13 @@ def _train(args):
         amp=args.amp,
         converged_min_train_accuracy=args.converged_min_train_accuracy,
     )
-    train(args.features, args.run, args.out_dir, settings, asdict(_mel_config(args)))
+    try:
+        features = json.loads(args.features_settings.read_text())["mel"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{args.features_settings}: not a feature store's settings ({e})"
+        ) from None
+    train(args.features, args.run, args.out_dir, settings, features)
 
 
 # --- landscapes -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ rule train:
             "results/features/", "train.npy", "train.tsv", "test.npy", "test.tsv"
         ),
         holdout="results/features/validation.tsv",
+        settings="results/features/train.json",
     output:
         model="results/models/{run}/model.pt",
         metrics="results/models/{run}/metrics.json",
@@ -24,11 +25,10 @@ rule train:
         train=config["train"],
         width=config["model"]["width"],
         amp="--amp" if config["train"]["amp"] else "",
-        mel=mel_args(),
     shell:
         "ascsharp train --features results/features --run {wildcards.run}"
         " --out-dir results/models/{wildcards.run} --epochs {params.train[epochs]}"
         " --width {params.width} --selection {params.train[selection]}"
         " --eval-batch-size {params.train[eval_batch_size]} {params.amp}"
         " --converged-min-train-accuracy {params.train[converged_min_train_accuracy]}"
-        " --threads {threads} {params.mel} 2> {log}"
+        " --features-settings {input.settings} --threads {threads} 2> {log}"
