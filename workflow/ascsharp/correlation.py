@@ -294,18 +294,23 @@ def granulated_kendall(
     }
 
 
-def holm(p_values: Any) -> np.ndarray:
-    """Holm step-down adjusted p-values; NaNs stay NaN and do not count as tests."""
+def _adjust_sorted(p_values: Any, adjust) -> np.ndarray:
+    """Apply `adjust(sorted finite p, m)` to the finite p-values; NaNs stay NaN, not tests."""
     p = np.asarray(p_values, dtype=float)
     out = np.full_like(p, np.nan)
     finite = np.flatnonzero(np.isfinite(p))
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
+    if finite.size:
+        order = finite[np.argsort(p[finite], kind="stable")]
+        out[order] = adjust(p[order], finite.size)
     return out
+
+
+def holm(p_values: Any) -> np.ndarray:
+    """Holm step-down adjusted p-values; NaNs stay NaN and do not count as tests."""
+    return _adjust_sorted(
+        p_values,
+        lambda p, m: np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p)),
+    )
 
 
 def benjamini_hochberg(p_values: Any) -> np.ndarray:
@@ -314,16 +319,12 @@ def benjamini_hochberg(p_values: Any) -> np.ndarray:
     Controls the false discovery rate rather than the family-wise error, which suits the
     thousands of exploratory rows (every variant, device, city, group) of a run's table.
     """
-    p = np.asarray(p_values, dtype=float)
-    out = np.full_like(p, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    return out
+    return _adjust_sorted(
+        p_values,
+        lambda p, m: np.minimum(
+            1.0, np.minimum.accumulate((p * m / np.arange(1, m + 1))[::-1])[::-1]
+        ),
+    )
 
 
 def adjust_p_values(table: pd.DataFrame) -> pd.DataFrame:

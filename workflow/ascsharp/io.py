@@ -63,6 +63,24 @@ def previous_marker(root: Path, marker: str, what: str) -> dict[str, Any] | None
         ) from None
 
 
+def read_partial(path: Path, fingerprint: str, what: str, inputs: str) -> dict[str, Any]:
+    """The finished units saved in a resumable job's partial file, if it belongs to these
+    inputs (`fingerprint`); a file of other inputs is refused by name, never mixed in."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable partial {what} file ({e})") from None
+    if not isinstance(obj, dict) or obj.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{path}: partial results belong to other {inputs}; delete it to start again"
+        )
+    return dict(obj["done"])
+
+
+def write_partial(path: Path, fingerprint: str, done: dict[str, Any]) -> None:
+    write_json(path, {"fingerprint": fingerprint, "done": done})
+
+
 def one_line(e: BaseException) -> str:
     """An exception as one line (first line, whitespace collapsed), for one-line errors."""
     lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ascsharp.evaluate import loss_and_accuracy, pick_device, predict
-from ascsharp.io import atomic_path, write_json
+from ascsharp.io import atomic_path, read_partial, write_partial
 from ascsharp.models import PannsCnn, fold_batchnorm, refold_
 from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed, generator
@@ -171,20 +171,12 @@ def _partial_fingerprint(
 
 
 def _load_partial(path: Path, fp: str) -> dict[int, tuple[float, float]]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable partial landscape file ({e})") from None
-    if not isinstance(obj, dict) or obj.get("fingerprint") != fp:
-        raise ValueError(
-            f"{path}: partial results belong to other grid/directions/weights/data/indices; "
-            "delete it to start again"
-        )
-    return {int(k): (float(v[0]), float(v[1])) for k, v in obj["done"].items()}
+    done = read_partial(path, fp, "landscape", "grid/directions/weights/data/indices")
+    return {int(k): (float(v[0]), float(v[1])) for k, v in done.items()}
 
 
 def _save_partial(path: Path, fp: str, done: dict[int, tuple[float, float]]) -> None:
-    write_json(path, {"fingerprint": fp, "done": {str(k): list(v) for k, v in done.items()}})
+    write_partial(path, fp, {str(k): list(v) for k, v in done.items()})
 
 
 def evaluate_points(

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .io import write_json
+from .io import read_partial, write_json, write_partial
 from .progress import get_logger
 
 MEASURES = ("hessian", "adaptive_average", "adaptive_worst")
@@ -242,16 +242,7 @@ class Partial:
         self.fp = fp
         self.done: dict[str, Any] = {}
         if self.path is not None and self.path.exists():
-            try:
-                obj = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{self.path}: unreadable partial measure file ({e})") from None
-            if not isinstance(obj, dict) or obj.get("fingerprint") != fp:
-                raise ValueError(
-                    f"{self.path}: partial results belong to other weights/data/options/seed; "
-                    "delete it to start again"
-                )
-            self.done = dict(obj["done"])
+            self.done = read_partial(self.path, fp, "measure", "weights/data/options/seed")
             log.info("resuming from %s: %d units done", self.path, len(self.done))
 
     def __contains__(self, key: str) -> bool:
@@ -263,7 +254,7 @@ class Partial:
     def put(self, key: str, value: Any) -> None:
         self.done[key] = value
         if self.path is not None:
-            write_json(self.path, {"fingerprint": self.fp, "done": self.done})
+            write_partial(self.path, self.fp, self.done)
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
