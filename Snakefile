@@ -27,6 +27,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
@@ -34,6 +35,7 @@ include: "workflow/rules/landscape.smk"
 include: "workflow/rules/sharpness.smk"
 include: "workflow/rules/measures.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
 
 
 # Cheap steps run on the submit host under --profile slurm instead of queueing as jobs.
@@ -47,6 +49,11 @@ localrules:
     correlations,
     rank_measures,
     figures,
+    report_tables,
+    training_curves,
+    landscape_montage,
+    landscape_views,
+    compare_published,
     paper_table,
 
 
@@ -54,3 +61,4 @@ rule all:
     default_target: True
     input:
         all_targets(),
+        figure_targets(),

@@ -77,8 +77,10 @@ def test_sharpness_refuses_a_foreign_file_in_one_line(tmp_path):
 
 
 def test_paper_table_contract(tmp_path):
-    proc = ascsharp("paper-table", str(PAPER_CSV), "--out", str(tmp_path))
+    proc = ascsharp("paper-table", str(PAPER_CSV), "--summary", str(tmp_path / "summary.tsv"),
+                    "--correlations", str(tmp_path / "correlations.tsv"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(tmp_path / "summary.tsv", sep="\t")) == 38
     table = pd.read_csv(tmp_path / "correlations.tsv", sep="\t")
     assert list(table.columns[:9]) == [
         "group", "target", "measure", "method", "n", "statistic", "p_value", "ci_low", "ci_high"
@@ -92,7 +94,8 @@ def test_paper_table_contract(tmp_path):
 
 
 def test_paper_table_missing_file_names_it(tmp_path):
-    proc = ascsharp("paper-table", str(tmp_path / "nope.csv"), "--out", str(tmp_path))
+    proc = ascsharp("paper-table", str(tmp_path / "nope.csv"), "--summary",
+                    str(tmp_path / "s.tsv"), "--correlations", str(tmp_path / "c.tsv"))  # fmt: skip
     assert proc.returncode != 0 and "nope.csv" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from snakemake.utils import Paramspace
 
-from ascsharp.config import ConfigError, load_config, validate_config
+from ascsharp.config import ConfigError, load_config, schema_defaults, validate_config
 from ascsharp.runs import RUN_PATTERN, analysed_runs, expand_grid, parse_run_id, run_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +16,21 @@ BLOCK = {"arch": ["cnn10"], "optimizer": ["adam"], "lr": [0.001], "batch_size": 
 
 def minimal(**extra):
     return {"grid": {"blocks": [dict(BLOCK)]}, **extra}
+
+
+@pytest.fixture
+def caplog_ascsharp():
+    """The ascsharp logger's lines (it does not propagate to the root logger caplog reads)."""
+    import io
+    import logging
+
+    from ascsharp.progress import get_logger
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    get_logger().addHandler(handler)
+    yield stream.getvalue
+    get_logger().removeHandler(handler)
 
 
 def test_default_config_is_valid_and_has_eight_runs():
@@ -51,6 +66,27 @@ def test_defaults_are_filled_in():
     assert config["features"]["n_mels"] == 64
     assert config["train"]["epochs"] == 50
     assert config["landscape"]["x"]["num"] == 11
+
+
+def test_renamed_keys_still_work_with_a_deprecation_note(caplog_ascsharp):
+    config = validate_config(
+        minimal(dataset={"sample_rate": 48000}, landscape={"subset": 32, "clips": 64}),
+        source="my.yaml",
+    )
+    assert config["dataset"]["audio_sample_rate"] == 48000
+    assert "sample_rate" not in config["dataset"] and "subset" not in config["landscape"]
+    assert config["landscape"]["clips"] == 32  # the old key comes from a later (user) file
+    notes = caplog_ascsharp()
+    assert "my.yaml: dataset.sample_rate is deprecated, renamed dataset.audio_sample_rate" in notes
+    assert "landscape.subset is deprecated, renamed landscape.clips" in notes
+    assert "replaces landscape.clips: 64" in notes
+
+
+def test_schema_defaults_are_every_section_but_the_grid():
+    defaults = schema_defaults()
+    assert "grid" not in defaults and defaults["features"]["n_mels"] == 64
+    config = validate_config(minimal())
+    assert {k: v for k, v in config.items() if k != "grid"} == defaults
 
 
 def test_run_ids_match_snakemake_paramspace():

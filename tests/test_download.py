@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from ascsharp import cli
-from ascsharp.download import MARKER, download_dataset, download_file, fetch_record
+from ascsharp.download import download_dataset, download_file, fetch_record
+from ascsharp.meta import DOWNLOAD_MARKER as MARKER
+from ascsharp.meta import SYNTHETIC_MARKER as SYNTH_MARKER
 from ascsharp.meta import validate_dataset
-from ascsharp.synth import MARKER as SYNTH_MARKER
 from ascsharp.synth import generate_dataset
 
 TOP = "TAU-urban-acoustic-scenes-2020-mobile-development"
@@ -35,7 +36,7 @@ def source(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     generate_dataset(
         root,
         seed=1,
-        sample_rate=8000,
+        audio_sample_rate=8000,
         clip_seconds=0.25,
         cities=2,
         locations_per_city=2,
@@ -164,7 +165,7 @@ def tree(root: Path, skip: set[str]) -> dict[str, bytes]:
 
 
 def assert_same_set(root: Path, source_root: Path) -> None:
-    validate_dataset(root, sample_rate=8000, clip_seconds=0.25)
+    validate_dataset(root, audio_sample_rate=8000, clip_seconds=0.25)
     got = tree(root, {MARKER})
     expected = tree(source_root, {SYNTH_MARKER})
     assert sorted(got) == sorted(expected)

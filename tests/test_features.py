@@ -12,12 +12,12 @@ import scipy.signal
 import soundfile as sf
 import torch
 import torchaudio
+from defaults import mel_config
 
 from ascsharp.features import (
     LogMel,
-    MelConfig,
     assign_validation,
-    extract_split,
+    extract_store,
     load_audio,
     load_features,
 )
@@ -83,7 +83,7 @@ def signals(seconds: float = 3.0) -> dict[str, np.ndarray]:
 def test_logmel_matches_librosa_float64(name):
     # Measured: <= 4e-7 dB on every signal (the float32 rounding of librosa's filterbank).
     y = signals()[name]
-    ours = LogMel(dtype=torch.float64)(torch.from_numpy(y)).numpy()
+    ours = LogMel(mel_config(), dtype=torch.float64)(torch.from_numpy(y)).numpy()
     ref = librosa_logmel(y.astype(np.float64))
     assert ours.shape == ref.shape == (64, 1 + y.size // 160)
     assert np.abs(ours - ref).max() <= 1e-4
@@ -96,7 +96,7 @@ def test_logmel_float32_tolerance(name):
     agree everywhere to 1e-4 dB (measured <= 1e-5); quiet bands of pure synthetic tones
     (> 100 dB down) differ by up to 0.14 dB, as librosa's own float32 vs float64 does."""
     y = signals()[name].astype(np.float32)
-    ours = LogMel()(torch.from_numpy(y)).numpy()
+    ours = LogMel(mel_config())(torch.from_numpy(y)).numpy()
     ref = librosa_logmel(y.astype(np.float64))
     assert ours.dtype == np.float32
     err = np.abs(ours - ref)
@@ -111,7 +111,7 @@ def test_logmel_float32_tolerance(name):
 def test_logmel_ten_seconds_has_1001_frames_and_floor():
     y = np.zeros(10 * SR, dtype=np.float32)
     y[SR : 2 * SR] = 0.1
-    out = LogMel()(torch.from_numpy(y))
+    out = LogMel(mel_config())(torch.from_numpy(y))
     assert out.shape == (64, 1001)
     # Digital silence sits exactly on the -100 dB floor (no top_db, no reference scaling).
     assert out[:, 500].max().item() == pytest.approx(-100.0)
@@ -120,11 +120,11 @@ def test_logmel_ten_seconds_has_1001_frames_and_floor():
 def test_logmel_batches_leading_dims_and_config():
     rng = np.random.default_rng(3)
     y = torch.from_numpy(rng.standard_normal((2, 3, 4000)).astype(np.float32))
-    m = LogMel()
+    m = LogMel(mel_config())
     out = m(y)
     assert out.shape == (2, 3, 64, 26)
     torch.testing.assert_close(out[1, 2], m(y[1, 2]))
-    cfg = MelConfig(n_mels=32, fmax=4000.0)
+    cfg = mel_config(n_mels=32, fmax=4000.0)
     small = LogMel(cfg)(y[0, 0])
     ref = librosa.feature.melspectrogram(
         y=y[0, 0].double().numpy(),
@@ -142,17 +142,17 @@ def test_logmel_batches_leading_dims_and_config():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_logmel_on_cuda_matches_cpu():
     y = torch.from_numpy(signals()["speech_like"].astype(np.float32))
-    cpu = LogMel()(y)
-    gpu = LogMel().cuda()(y.cuda()).cpu()
+    cpu = LogMel(mel_config())(y)
+    gpu = LogMel(mel_config()).cuda()(y.cuda()).cpu()
     assert (gpu - cpu).abs().max().item() <= 1e-3
 
 
 def test_mel_config_refuses_bad_values():
-    assert MelConfig().n_frames(160000) == 1001  # 10 s at 16 kHz, hop 160, centred
+    assert mel_config().n_frames(160000) == 1001  # 10 s at 16 kHz, hop 160, centred
     with pytest.raises(ValueError, match="fmax"):
-        MelConfig(fmax=9000.0)
+        mel_config(fmax=9000.0)
     with pytest.raises(ValueError, match="hop_length"):
-        MelConfig(hop_length=0)
+        mel_config(hop_length=0)
 
 
 # ----------------------------------------------------------------------------- audio I/O
@@ -260,10 +260,12 @@ def reference_features(root: Path, filename: str, n_samples: int) -> np.ndarray:
     return librosa_logmel(y.astype(np.float64))
 
 
-def test_extract_split_matches_librosa_pipeline_and_keeps_order(tmp_path):
+def test_extract_store_matches_librosa_pipeline_and_keeps_order(tmp_path):
     table = write_clips(tmp_path / "data")
     npy, tsv = tmp_path / "out" / "train.npy", tmp_path / "out" / "train.tsv"
-    extract_split(tmp_path / "data", table, npy, tsv, MelConfig(), clip_seconds=1.0)
+    extract_store(
+        tmp_path / "data", table, npy, tsv, mel_config(), dtype="float32", clip_seconds=1.0
+    )
     features, index = load_features(npy, tsv)
     assert isinstance(features, np.memmap) and features.dtype == np.float32
     assert features.shape == (4, 64, 101)
@@ -278,14 +280,13 @@ def test_extract_split_matches_librosa_pipeline_and_keeps_order(tmp_path):
     assert sorted(p.name for p in npy.parent.iterdir()) == ["train.npy", "train.tsv"]
 
 
-def test_extract_split_threads_float16_and_first_clip_length(tmp_path):
+def test_extract_store_threads_float16_and_first_clip_length(tmp_path):
     table = write_clips(tmp_path / "data")
     out = tmp_path / "out"
-    extract_split(
-        tmp_path / "data", table, out / "a.npy", out / "a.tsv", MelConfig(), clip_seconds=1.0
-    )
-    extract_split(
-        tmp_path / "data", table, out / "b.npy", out / "b.tsv", MelConfig(), threads=3,
+    extract_store(tmp_path / "data", table, out / "a.npy", out / "a.tsv", mel_config(),
+                  dtype="float32", clip_seconds=1.0)  # fmt: skip
+    extract_store(
+        tmp_path / "data", table, out / "b.npy", out / "b.tsv", mel_config(), threads=3,
         clip_seconds=1.0, dtype="float16",
     )  # fmt: skip
     a, _ = load_features(out / "a.npy", out / "a.tsv", mmap=False)
@@ -293,14 +294,15 @@ def test_extract_split_threads_float16_and_first_clip_length(tmp_path):
     assert not isinstance(a, np.memmap) and b.dtype == np.float16
     np.testing.assert_array_equal(b, a.astype(np.float16))
     # Without clip_seconds the first clip (exactly 1 s) sets the length.
-    extract_split(tmp_path / "data", table, out / "c.npy", out / "c.tsv", MelConfig(), threads=2)
+    extract_store(tmp_path / "data", table, out / "c.npy", out / "c.tsv", mel_config(),
+                  dtype="float32", clip_seconds=None, threads=2)  # fmt: skip
     c, _ = load_features(out / "c.npy", out / "c.tsv")
     np.testing.assert_array_equal(c, a)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("fault", ["corrupt", "too_short"])
-def test_extract_split_bad_clip_names_file_and_writes_nothing(tmp_path, fault, threads):
+def test_extract_store_bad_clip_names_file_and_writes_nothing(tmp_path, fault, threads):
     clips = CLIPS + [("bus", "paris", "2", "5", "s1", 0.5 if fault == "too_short" else 1.0)]
     table = write_clips(tmp_path / "data", clips)
     bad = tmp_path / "data" / table["filename"].iloc[-1]
@@ -308,29 +310,32 @@ def test_extract_split_bad_clip_names_file_and_writes_nothing(tmp_path, fault, t
         bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEgarbage")
     out = tmp_path / "out"
     with pytest.raises(DatasetError, match="unreadable" if fault == "corrupt" else "long") as info:
-        extract_split(
-            tmp_path / "data", table, out / "x.npy", out / "x.tsv", MelConfig(), threads=threads,
-            clip_seconds=1.0,
+        extract_store(
+            tmp_path / "data", table, out / "x.npy", out / "x.tsv", mel_config(), threads=threads,
+            dtype="float32", clip_seconds=1.0,
         )  # fmt: skip
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
     assert list(out.iterdir()) == []
 
 
-def test_extract_split_rejects_bad_arguments(tmp_path):
+def test_extract_store_rejects_bad_arguments(tmp_path):
     table = write_clips(tmp_path / "data", CLIPS[:1])
-    args = (tmp_path / "data", table, tmp_path / "x.npy", tmp_path / "x.tsv", MelConfig())
+    args = (tmp_path / "data", table, tmp_path / "x.npy", tmp_path / "x.tsv", mel_config())
+    kw = {"dtype": "float32", "clip_seconds": 1.0}
     with pytest.raises(ValueError, match="float64"):
-        extract_split(*args, dtype="float64")
+        extract_store(*args, **{**kw, "dtype": "float64"})
     with pytest.raises(ValueError, match="'device'"):
-        extract_split(tmp_path / "data", table.drop(columns="device"), *args[2:])
+        extract_store(tmp_path / "data", table.drop(columns="device"), *args[2:], **kw)
     with pytest.raises(ValueError, match="no clips"):
-        extract_split(tmp_path / "data", table.iloc[:0], *args[2:])
+        extract_store(tmp_path / "data", table.iloc[:0], *args[2:], **kw)
 
 
 def test_load_features_checks_agreement(tmp_path):
     table = write_clips(tmp_path / "data", CLIPS[:2])
     npy, tsv = tmp_path / "f.npy", tmp_path / "f.tsv"
-    extract_split(tmp_path / "data", table, npy, tsv, MelConfig(), clip_seconds=1.0)
+    extract_store(
+        tmp_path / "data", table, npy, tsv, mel_config(), dtype="float32", clip_seconds=1.0
+    )
     pd.read_csv(tsv, sep="\t").iloc[:1].to_csv(tsv, sep="\t", index=False)
     with pytest.raises(ValueError, match="f.tsv: 1 rows"):
         load_features(npy, tsv)

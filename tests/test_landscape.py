@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
+import shutil
 
 import h5py
 import numpy as np
@@ -218,7 +219,7 @@ def test_folded_batchnorm_gives_the_unfolded_surface(arch):
     from ascsharp.models import build_model
 
     torch.manual_seed(3)
-    model = build_model(arch, width=1 / 16, n_mels=32).train()
+    model = build_model(arch, width=1 / 16, n_mels=32, n_classes=10).train()
     with torch.no_grad():  # non-trivial running statistics
         for _ in range(3):
             model(torch.randn(8, 32, 32) * 2 + 1)
@@ -235,6 +236,61 @@ def test_folded_batchnorm_gives_the_unfolded_surface(arch):
         want, _ = reference_point(model, dx, dy, *grid.coords(p), x, y)
         assert plain[p][0] == pytest.approx(want, rel=1e-5), p
     assert len({round(v[0], 5) for v in fast.values()}) > 5  # the perturbations do something
+
+
+def test_precisions_change_the_forward_only_as_named(setup):
+    """On CPU, tf32 is float32 (no TF32 units); bfloat16 autocast really runs in 16 bits (the
+    loss moves, but only by bf16 rounding); an unknown name is refused; the flags are restored."""
+    model, dx, dy, x, y = setup
+    grid = Grid(-0.3, 0.3, 3, -0.3, 0.3, 3)
+    kw = {"batch_size": 8, "device": "cpu", "log": LOG}
+    res = {
+        p: evaluate_points(model, dx, dy, x, y, grid, range(9), precision=p, **kw)
+        for p in ("float32", "tf32", "bfloat16")
+    }
+    assert res["tf32"] == res["float32"]
+    diffs = [abs(res["bfloat16"][p][0] - res["float32"][p][0]) for p in range(9)]
+    assert 0 < max(diffs) < 0.05 * max(v[0] for v in res["float32"].values())
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        evaluate_points(model, dx, dy, x, y, grid, [0], precision="fp8", **kw)
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # PyTorch's default, restored
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_forward_follows_every_perturbation():
+    """torch.compile must not freeze the weights it first saw: the compiled landscape (BN folded,
+    refolded per point) equals the eager one at every perturbed point."""
+    from ascsharp.models import build_model
+
+    torch.manual_seed(5)
+    model = build_model("cnn10", width=1 / 16, n_mels=32, n_classes=10).eval()
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(10, 32, 32, generator=g), torch.randint(0, 10, (10,), generator=g)
+    dx, dy = make_directions(model, "run~compile", 42)
+    grid = Grid(-0.5, 0.5, 3, -0.5, 0.5, 2)
+    kw = {"batch_size": 4, "device": "cpu", "log": LOG}  # a short last batch: a second shape
+    compiled = evaluate_points(model, dx, dy, x, y, grid, range(6), compile=True, **kw)
+    eager = evaluate_points(model, dx, dy, x, y, grid, range(6), **kw)
+    for p in range(6):
+        assert compiled[p][0] == pytest.approx(eager[p][0], rel=1e-5), p
+    assert len({round(v[0], 5) for v in compiled.values()}) == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_float32_on_cuda_is_ieee_and_tf32_is_not():
+    """PyTorch runs float32 convolutions on TF32 tensor cores by default: "float32" must switch
+    that off (error against float64 at float32 rounding), "tf32" must leave it on."""
+    from ascsharp.landscape import forward_precision
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(8, 64, 32, 32, generator=g), torch.randn(64, 64, 3, 3, generator=g)
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    errors = {}
+    for precision in ("float32", "tf32"):
+        with forward_precision(torch.device("cuda"), precision):
+            out = F.conv2d(x.cuda(), w.cuda(), padding=1).double().cpu()
+        errors[precision] = float((out - ref).norm() / ref.norm())
+    assert errors["float32"] < 1e-6 < 1e-4 < errors["tf32"], errors
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 22, 23, 100])

@@ -146,7 +146,7 @@ def test_panns_bn0_gradient_and_hvp_match_hand_written_bn():
     """Gradient and HVP through bn0 (whose PANNs layout, a transposed (batch, mel, time, 1)
     view, torch 2.14's CPU batch_norm backward got wrong) match a hand-written bn0."""
     torch.manual_seed(0)
-    model = set_bn_stats(build_model("cnn10", width=0.125, n_mels=16).double())
+    model = set_bn_stats(build_model("cnn10", width=0.125, n_mels=16, n_classes=10).double())
     hand = copy.deepcopy(model)
     hand.bn0 = HandBN(hand.bn0)
     hand.eval()
@@ -207,7 +207,7 @@ def test_average_case_on_a_quadratic_is_half_rho2_sum_aii_wi2(at_minimum, antith
     model, x, y = quadratic(at_minimum=at_minimum)
     rho, w = 0.2, model.w.detach()
     exact = 0.5 * rho**2 * float((torch.diagonal(model.A) * w**2).sum())
-    opts = {"rho": rho, "samples": 3000, "antithetic": antithetic}
+    opts = {"rho": rho, "samples": 3000, "batch_size": 64, "antithetic": antithetic}
     v = adaptive_average(model, x, y, opts, seed=3, log=LOG, loss_fn=per_clip)["values"]
     assert abs(v["adaptive_average"] - exact) < 4 * v["adaptive_average_se"]
     assert v["adaptive_average"] == pytest.approx(exact, rel=0.05)
@@ -224,7 +224,8 @@ def test_worst_case_l2_at_the_minimum_is_half_rho2_lambda_max_TAT(adaptive):
     rho = 0.3
     T = torch.diag(model.w.detach().abs()) if adaptive else torch.eye(6, dtype=torch.float64)
     exact = 0.5 * rho**2 * float(torch.linalg.eigvalsh(T @ model.A @ T)[-1])
-    opts = {"rho": rho, "p": "2", "steps": 20, "restarts": 3, "m": None, "adaptive": adaptive}
+    opts = {"rho": rho, "p": "2", "steps": 20, "restarts": 3, "m": None, "batch_size": 64,
+            "adaptive": adaptive}  # fmt: skip
     v = adaptive_worst(model, x, y, opts, seed=5, log=LOG, loss_fn=per_clip)["values"]
     got = v["adaptive_worst" if adaptive else "worst"]
     assert got <= exact * (1 + 1e-9)  # a lower bound: PGA only evaluates points of the ball
@@ -235,7 +236,7 @@ def test_worst_case_linf_diagonal_quadratic_reaches_the_corner():
     model, x, y = quadratic(diagonal=True)
     rho, w = 0.1, model.w.detach()
     exact = 0.5 * rho**2 * float((torch.diagonal(model.A) * w**2).sum())
-    opts = {"rho": rho, "p": "inf", "steps": 10, "restarts": 2, "m": None}
+    opts = {"rho": rho, "p": "inf", "steps": 10, "restarts": 2, "m": None, "batch_size": 64}
     v = adaptive_worst(model, x, y, opts, seed=5, log=LOG, loss_fn=per_clip)["values"]
     assert v["adaptive_worst"] == pytest.approx(exact, rel=0.02)
 
@@ -277,7 +278,7 @@ def mlp_pair(c: float = 3.7):
 
 def test_adaptive_sharpness_is_invariant_to_relu_rescaling_plain_is_not():
     a, b, x, y = mlp_pair()
-    avg = {"rho": 0.1, "samples": 20}
+    avg = {"rho": 0.1, "samples": 20, "batch_size": 64}
     va = adaptive_average(a, x, y, avg, seed=11, log=LOG)["values"]["adaptive_average"]
     vb = adaptive_average(b, x, y, avg, seed=11, log=LOG)["values"]["adaptive_average"]
     assert va == pytest.approx(vb, rel=1e-9, abs=1e-12)  # same draws: the same perturbed nets
@@ -286,7 +287,7 @@ def test_adaptive_sharpness_is_invariant_to_relu_rescaling_plain_is_not():
     pb = adaptive_average(b, x, y, plain, seed=11, log=LOG)["values"]["average"]
     assert abs(pa - pb) > 0.2 * max(abs(pa), abs(pb))
 
-    worst = {"rho": 0.1, "steps": 8, "restarts": 2, "m": 8}
+    worst = {"rho": 0.1, "p": "2", "steps": 8, "restarts": 2, "m": 8, "batch_size": 64}
     wa = adaptive_worst(a, x, y, worst, seed=11, log=LOG)["values"]["adaptive_worst"]
     wb = adaptive_worst(b, x, y, worst, seed=11, log=LOG)["values"]["adaptive_worst"]
     assert wa > 0 and wa == pytest.approx(wb, rel=1e-6)
@@ -318,13 +319,14 @@ def _resume_case(fn, model, x, y, opts, tmp_path, k):
 
 def test_average_case_resumes_after_a_kill(tmp_path):
     a, _, x, y = mlp_pair()
-    out = _resume_case(adaptive_average, a, x, y, {"rho": 0.1, "samples": 6}, tmp_path, 3)
+    opts = {"rho": 0.1, "samples": 6, "batch_size": 64}
+    out = _resume_case(adaptive_average, a, x, y, opts, tmp_path, 3)
     assert out["cost"]["loss_evaluations"] == 1 + 3  # the unperturbed loss, 3 new samples
 
 
 def test_worst_case_resumes_per_restart(tmp_path):
     a, _, x, y = mlp_pair()
-    opts = {"rho": 0.1, "steps": 3, "restarts": 2, "m": 8}
+    opts = {"rho": 0.1, "p": "2", "steps": 3, "restarts": 2, "m": 8, "batch_size": 64}
     out = _resume_case(adaptive_worst, a, x, y, opts, tmp_path, 3)
     assert out["cost"]["gradient_evaluations"] == 1 * (3 + 1)  # one restart of 4 left
     assert out["values"]["batches"] == 2
@@ -333,7 +335,7 @@ def test_worst_case_resumes_per_restart(tmp_path):
 def test_hessian_resumes_without_redoing_lanczos(tmp_path):
     model = tiny_conv()
     x, y = tiny_data()
-    opts = {"top_k": 2, "lanczos_tol": 1e-8, "trace_samples": 4}
+    opts = {"top_k": 2, "lanczos_tol": 1e-8, "trace_samples": 4, "batch_size": 32}
     out = _resume_case(hessian, model, x, y, opts, tmp_path, 2)  # Lanczos + 1 sample saved
     assert out["cost"]["hvps"] == 3
 
@@ -349,7 +351,7 @@ def model_file(tmp_path, feature_store) -> Path:
     import pandas as pd
 
     torch.manual_seed(0)
-    model = set_bn_stats(build_model("cnn10", width=0.125, n_mels=16))
+    model = set_bn_stats(build_model("cnn10", width=0.125, n_mels=16, n_classes=10))
     names = pd.read_csv(feature_store / "train.tsv", sep="\t")["filename"].tolist()
     path = tmp_path / "models" / RUN / "model.pt"
     checkpoint.save(path, {"state_dict": model.state_dict(), "arch": "cnn10", "width": 0.125,
@@ -359,8 +361,9 @@ def model_file(tmp_path, feature_store) -> Path:
 
 
 def measure_cli(model_file: Path, store: Path, out: Path, *extra: str) -> list[str]:
-    return ["measure", "--model", str(model_file), "--features-train", str(store / "train.npy"),
-            "--out", str(out), *extra]  # fmt: skip
+    return ["measure", "--model", str(model_file), "--features-npy", str(store / "train.npy"),
+            "--features-tsv", str(store / "train.tsv"), "--seed", "0", "--out", str(out),
+            *extra]  # fmt: skip
 
 
 def strict_json(path: Path) -> dict:
@@ -373,15 +376,15 @@ def strict_json(path: Path) -> dict:
 def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_store, model_file):
     outs = tmp_path / "measures" / RUN
     args = {
-        "hessian": ["--top-k", "1", "--lanczos-tol", "0.1", "--trace-samples", "2"],
-        "adaptive_average": ["--samples", "3", "--rho", "0.05"],
-        "adaptive_worst": ["--steps", "2", "--restarts", "1", "--m", "all", "--p", "inf"],
+        "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --batch-size 32",
+        "adaptive_average": "--samples 3 --rho 0.05 --batch-size 64",
+        "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64",
     }
     docs = {}
     for measure, extra in args.items():
         out = outs / f"{measure}.json"
         main(measure_cli(model_file, feature_store, out, "--measure", measure, "--clips", "12",
-                         "--device", "cpu", *extra))  # fmt: skip
+                         "--device", "cpu", *extra.split()))  # fmt: skip
         docs[measure] = strict_json(out)
         assert not out.with_name(out.name + ".partial.json").exists()
     for measure, doc in docs.items():
@@ -404,12 +407,21 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
     assert worst["values"]["adaptive_worst_se"] is None  # one batch: no standard error (null)
 
 
-def test_measure_cli_refuses_options_of_another_measure(tmp_path, feature_store, model_file):
-    argv = measure_cli(model_file, feature_store, tmp_path / "h.json", "--measure", "hessian",
-                       "--samples", "3")  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
+def test_measure_cli_refuses_options_of_another_measure(
+    tmp_path, feature_store, model_file, capsys
+):
+    hessian = "--measure hessian --clips all --top-k 1 --trace-samples 2 --batch-size 32"
+    cases = {
+        "--lanczos-tol 0.1 --samples 3": "--samples does not apply to --measure hessian",
+        "": "--lanczos-tol is required with --measure hessian",  # the config's settings
+    }
+    for extra, error in cases.items():
+        argv = measure_cli(model_file, feature_store, tmp_path / "h.json", *hessian.split(),
+                           *extra.split())  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert error in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(measure_cli(model_file, feature_store, tmp_path / "a.json", "--measure",
                          "adaptive_average", "--clips", "0"))  # fmt: skip
@@ -419,8 +431,8 @@ def test_measure_killed_with_sigkill_resumes_to_the_same_result(
     tmp_path, feature_store, model_file
 ):
     """A real `kill -9` of the job mid-way; the rerun reads the partial file and finishes."""
-    common = ["--measure", "adaptive_average", "--samples", "150", "--clips", "all",
-              "--device", "cpu", "--threads", "1"]  # fmt: skip
+    common = ("--measure adaptive_average --samples 150 --rho 0.1 --batch-size 64 --clips all "
+              "--device cpu --threads 1").split()  # fmt: skip
     ref = tmp_path / "ref.json"
     main(measure_cli(model_file, feature_store, ref, *common))
     out = tmp_path / "killed.json"

@@ -190,17 +190,17 @@ def test_read_fold_meta_disagrees_with_name(layout: Path):
 
 
 def test_validate_dataset_accepts_good_layout(layout: Path):
-    folds = meta.validate_dataset(layout, sample_rate=SR, clip_seconds=SECONDS)
+    folds = meta.validate_dataset(layout, audio_sample_rate=SR, clip_seconds=SECONDS)
     assert set(folds) == {"train", "evaluate"}
     assert len(folds["train"]) == 4 and len(folds["evaluate"]) == 3
     # Within tolerance is fine; without expectations only the structure is checked.
-    meta.validate_dataset(layout, sample_rate=SR, clip_seconds=SECONDS + 0.05)
-    meta.validate_dataset(layout)
+    meta.validate_dataset(layout, audio_sample_rate=SR, clip_seconds=SECONDS + 0.05)
+    meta.validate_dataset(layout, audio_sample_rate=None, clip_seconds=None)
 
 
 def _expect(root: Path, needle: str | Path, **kwargs) -> str:
     with pytest.raises(DatasetError) as err:
-        meta.validate_dataset(root, **kwargs)
+        meta.validate_dataset(root, **{"audio_sample_rate": None, "clip_seconds": None, **kwargs})
     message = str(err.value)
     assert str(needle) in message, message
     assert "\n" not in message
@@ -262,23 +262,23 @@ def test_corrupt_wav(layout: Path):
 def test_stereo_wav(layout: Path):
     path = layout / "audio/airport-barcelona-0-0-b.wav"
     sf.write(path, np.zeros((SR, 2)), SR, subtype="PCM_16")
-    message = _expect(layout, path, sample_rate=SR, clip_seconds=SECONDS)
+    message = _expect(layout, path, audio_sample_rate=SR, clip_seconds=SECONDS)
     assert "2 channels" in message
 
 
 def test_wrong_sample_rate(layout: Path):
     path = layout / "audio/tram-vienna-5-11-s6.wav"
     sf.write(path, np.zeros(22050), 22050, subtype="PCM_16")
-    message = _expect(layout, path, sample_rate=SR, clip_seconds=SECONDS)
+    message = _expect(layout, path, audio_sample_rate=SR, clip_seconds=SECONDS)
     assert "22050" in message
     # Without a sample-rate expectation the same file is acceptable (length is 1 s).
-    meta.validate_dataset(layout, clip_seconds=SECONDS)
+    meta.validate_dataset(layout, audio_sample_rate=None, clip_seconds=SECONDS)
 
 
 def test_too_short(layout: Path):
     path = layout / "audio/street_pedestrian-lyon-1162-44650-s2.wav"
     sf.write(path, np.zeros(SR // 2), SR, subtype="PCM_16")
-    message = _expect(layout, path, sample_rate=SR, clip_seconds=SECONDS)
+    message = _expect(layout, path, audio_sample_rate=SR, clip_seconds=SECONDS)
     assert "0.500 s" in message
 
 

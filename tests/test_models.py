@@ -28,7 +28,7 @@ def closed_form_count(channels: list[int], fc: int, n_classes: int, n_mels: int 
 
 @pytest.mark.parametrize(("arch", "expected"), [("cnn10", 4_954_058), ("cnn14", 79_694_282)])
 def test_parameter_counts_match_paper_models(arch: str, expected: int) -> None:
-    model = build_model(arch, n_classes=10)
+    model = build_model(arch, n_classes=10, width=1.0, n_mels=64)
     assert count_parameters(model) == expected
     assert closed_form_count(PANNS_CHANNELS[arch], PANNS_FC[arch], 10) == expected
 
@@ -45,13 +45,13 @@ def expected_keys(n_blocks: int) -> list[str]:
 
 @pytest.mark.parametrize(("arch", "n_blocks"), [("cnn10", 4), ("cnn14", 6)])
 def test_state_dict_keys_are_panns_names(arch: str, n_blocks: int) -> None:
-    model = build_model(arch, width=1 / 64)
+    model = build_model(arch, width=1 / 64, n_classes=10, n_mels=64)
     assert sorted(model.state_dict()) == sorted(expected_keys(n_blocks))
 
 
 @pytest.mark.parametrize("arch", ["cnn10", "cnn14"])
 def test_output_shape_full_width_short_clip(arch: str) -> None:
-    model = build_model(arch).eval()
+    model = build_model(arch, n_classes=10, width=1.0, n_mels=64).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 64, 101))
     assert out.shape == (2, 10)
@@ -60,13 +60,13 @@ def test_output_shape_full_width_short_clip(arch: str) -> None:
 
 @pytest.mark.parametrize(("arch", "frames"), [("cnn10", 101), ("cnn10", 1001), ("cnn14", 1001)])
 def test_output_shape_reduced_width(arch: str, frames: int) -> None:
-    model = build_model(arch, n_classes=7, width=0.125).eval()
+    model = build_model(arch, n_classes=7, width=0.125, n_mels=64).eval()
     with torch.no_grad():
         assert model(torch.randn(3, 64, frames)).shape == (3, 7)
 
 
 def test_width_scales_every_channel_count() -> None:
-    model = build_model("cnn14", width=0.25)
+    model = build_model("cnn14", width=0.25, n_classes=10, n_mels=64)
     for k, c in enumerate(PANNS_CHANNELS["cnn14"], start=1):
         block = getattr(model, f"conv_block{k}")
         assert block.conv1.out_channels == c // 4 and block.conv2.out_channels == c // 4
@@ -74,14 +74,16 @@ def test_width_scales_every_channel_count() -> None:
     expected = closed_form_count([c // 4 for c in PANNS_CHANNELS["cnn14"]], 512, 10)
     assert count_parameters(model) == expected
     # Rounded, never below one channel.
-    tiny = build_model("cnn10", width=0.001)
+    tiny = build_model("cnn10", width=0.001, n_classes=10, n_mels=64)
     assert tiny.conv_block1.conv1.out_channels == 1 and tiny.conv_block4.conv2.out_channels == 1
-    assert build_model("cnn10", width=0.3).conv_block1.conv1.out_channels == round(64 * 0.3)
+    assert build_model(
+        "cnn10", width=0.3, n_classes=10, n_mels=64
+    ).conv_block1.conv1.out_channels == round(64 * 0.3)
 
 
 def test_eval_is_deterministic_and_training_uses_dropout() -> None:
     torch.manual_seed(0)
-    model = build_model("cnn10", width=0.125)
+    model = build_model("cnn10", width=0.125, n_classes=10, n_mels=64)
     x = torch.randn(4, 64, 64)
     model.eval()
     with torch.no_grad():
@@ -95,18 +97,20 @@ def test_eval_is_deterministic_and_training_uses_dropout() -> None:
 
 def test_unknown_arch_is_named() -> None:
     with pytest.raises(ValueError, match="'cnn12'"):
-        build_model("cnn12")
+        build_model("cnn12", n_classes=10, width=1.0, n_mels=64)
     with pytest.raises(ValueError, match="width"):
-        build_model("cnn10", width=0)
+        build_model("cnn10", width=0, n_classes=10, n_mels=64)
 
 
 def test_too_short_input_and_wrong_mel_count_are_refused() -> None:
-    model = build_model("cnn10", width=0.125)
+    model = build_model("cnn10", width=0.125, n_classes=10, n_mels=64)
     with pytest.raises(ValueError, match="frames"):
         model(torch.randn(1, 64, 8))  # 4 poolings need >= 16 frames
     with pytest.raises(ValueError, match="64 mel bins"):
         model(torch.randn(1, 40, 100))
-    assert build_model("cnn10", n_mels=40, width=0.125).eval()(torch.randn(1, 40, 100)).shape == (
+    assert build_model("cnn10", n_mels=40, width=0.125, n_classes=10).eval()(
+        torch.randn(1, 40, 100)
+    ).shape == (
         1,
         10,
     )
@@ -114,7 +118,7 @@ def test_too_short_input_and_wrong_mel_count_are_refused() -> None:
 
 def test_initialisation_is_panns() -> None:
     torch.manual_seed(0)
-    model = build_model("cnn10")
+    model = build_model("cnn10", n_classes=10, width=1.0, n_mels=64)
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             assert torch.equal(m.weight, torch.ones_like(m.weight)), name
@@ -188,7 +192,7 @@ def test_eval_forward_matches_independent_reference(
     arch: str, n_blocks: int, last_pool: bool
 ) -> None:
     torch.manual_seed(1)
-    model = randomised_bn(build_model(arch, width=0.0625)).eval()
+    model = randomised_bn(build_model(arch, width=0.0625, n_classes=10, n_mels=64)).eval()
     x = torch.randn(2, 64, 77) * 3 + torch.linspace(-5, 5, 64)[None, :, None]
     with torch.no_grad():
         expected = reference_forward(model, x, n_blocks, last_pool, training=False)
@@ -202,7 +206,7 @@ def test_training_forward_has_the_studys_dropout_and_no_other(
     """Same seed, same dropout calls: a missing block dropout or an extra one around fc1
     (PANNs has one before it) draws different masks or none, and the outputs differ."""
     torch.manual_seed(1)
-    model = randomised_bn(build_model(arch, width=0.0625)).train()
+    model = randomised_bn(build_model(arch, width=0.0625, n_classes=10, n_mels=64)).train()
     x = torch.randn(4, 64, 77) * 3 + torch.linspace(-5, 5, 64)[None, :, None]
     with torch.no_grad():
         torch.manual_seed(7)
@@ -222,7 +226,7 @@ def test_training_gradients_match_the_reference_forward(
     """Every parameter's gradient, bn0's included (torch 2.14's CPU batch-norm backward got
     PANNs' transposed bn0 layout wrong), equals autograd through the hand-written forward."""
     torch.manual_seed(1)
-    model = randomised_bn(build_model(arch, width=0.0625)).double().train()
+    model = randomised_bn(build_model(arch, width=0.0625, n_classes=10, n_mels=64)).double().train()
     x = torch.randn(4, 64, 40, dtype=torch.float64) * 3 + 1
     upstream = torch.randn(4, 10, dtype=torch.float64)
     params = [p for _, p in model.named_parameters()]
@@ -236,7 +240,7 @@ def test_training_gradients_match_the_reference_forward(
 
 
 def test_bn0_normalises_each_mel_bin_in_training() -> None:
-    model = build_model("cnn10", width=0.125).train()
+    model = build_model("cnn10", width=0.125, n_classes=10, n_mels=64).train()
     x = torch.randn(8, 64, 40) * torch.linspace(0.1, 10, 64)[None, :, None] + 7
     seen = {}
     model.bn0.register_forward_hook(lambda m, i, o: seen.update(out=o))
@@ -251,11 +255,11 @@ def test_bn0_normalises_each_mel_bin_in_training() -> None:
 
 def test_panns_checkpoint_loads_except_head_and_front_end() -> None:
     torch.manual_seed(2)
-    panns = build_model("cnn10", n_classes=527, width=0.125)
+    panns = build_model("cnn10", n_classes=527, width=0.125, n_mels=64)
     state = {k.replace("out.", "fc_audioset."): v for k, v in panns.state_dict().items()}
     state["spectrogram_extractor.stft.conv_real.weight"] = torch.zeros(257, 1, 512)
     state["logmel_extractor.melW"] = torch.zeros(257, 64)
-    model = build_model("cnn10", width=0.125)
+    model = build_model("cnn10", width=0.125, n_classes=10, n_mels=64)
     head = model.out.weight.clone()
     unused = load_pretrained(model, {"model": state, "iteration": 600000})
     assert sorted(unused) == sorted(
@@ -277,8 +281,8 @@ def test_panns_checkpoint_loads_except_head_and_front_end() -> None:
 def test_study_checkpoint_loads_whole_head_included() -> None:
     """The study's files are plain state dicts with a 10-class head named `out`."""
     torch.manual_seed(3)
-    study = randomised_bn(build_model("cnn14", width=0.0625))
-    model = build_model("cnn14", width=0.0625)
+    study = randomised_bn(build_model("cnn14", width=0.0625, n_classes=10, n_mels=64))
+    model = build_model("cnn14", width=0.0625, n_classes=10, n_mels=64)
     assert load_pretrained(model, dict(study.state_dict())) == []
     for key, value in study.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key

@@ -441,7 +441,7 @@ def test_kfac_true_fisher_uses_sampled_labels() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_steppers_run_on_a_small_cnn10(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model("cnn10", width=1 / 16)
+    model = build_model("cnn10", width=1 / 16, n_classes=10, n_mels=64)
     x, y = torch.randn(4, 64, 32), torch.tensor([0, 1, 2, 3])
     before = flat_state(model)
     stepper = make_stepper(name, model, 1e-3, seed=0)

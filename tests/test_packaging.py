@@ -346,3 +346,59 @@ def test_rules_declare_no_conda_environment():
         if re.match(r"\s*conda\s*:", line)
     ]
     assert not found, f"per-rule conda environments at {found}; see envs/ascsharp.yaml"
+
+
+# --- the code's shape -------------------------------------------------------------------------
+PACKAGE = ROOT / "workflow" / "ascsharp"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at the top or inside a function."""
+    import ast
+
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    graph = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            module = node.module or ""
+            if node.level == 0 and not module.startswith("ascsharp"):
+                continue
+            parts = module.split(".")[1:] if node.level == 0 else module.split(".")
+            names = [a.name for a in node.names] if not parts or not parts[0] else [parts[0]]
+            found |= {n for n in names if n in modules}
+        graph[path.stem] = found - {path.stem}
+    return graph
+
+
+def test_import_graph_is_acyclic():
+    """Modules import each other in one direction only, function-level imports included."""
+    from graphlib import CycleError, TopologicalSorter
+
+    try:
+        tuple(TopologicalSorter(_package_imports()).static_order())
+    except CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def test_readme_layout_names_every_module():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"\n## Code layout\n(.*?)\n## ", text, re.S)
+    assert m, "README.md: the code layout section moved; update this test"
+    named = set(re.findall(r"`([a-z_]+)\.py`", m.group(1)))
+    assert named == {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+
+
+def test_rules_pass_only_declared_files():
+    """A rule's command names no path itself: every file comes from {input}, {output}, {log}
+    (or a param, for what is neither, such as the download cache)."""
+    offenders = []
+    for path in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        text = path.read_text()
+        for block in re.findall(r"^\s+shell:\n((?:\s+\".*\"\n?)+)", text, re.M):
+            literal = re.sub(r"\{[^}]*\}", "", block)
+            if re.search(r"(results|logs|data|benchmarks)/", literal):
+                offenders.append(f"{path.name}: {block.strip()}")
+    assert not offenders, offenders

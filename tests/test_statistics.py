@@ -475,10 +475,12 @@ def test_figures_command_with_two_runs_draws_figures_with_a_note(tmp_path):
     from ascsharp.cli import main
 
     summary = _small_summary(2)
+    summary["sharpness_seed42"] = summary["mean_sharpness"]  # one direction seed
     summary.to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
     corr = run_summary.run_correlations(summary, n_boot=0, seed=0)
     corr.to_csv(tmp_path / "correlations.tsv", sep="\t", index=False)
-    outs = {name: tmp_path / f"{name}.png" for name in ("scatter", "devices", "heatmap")}
+    names = ("scatter", "devices", "heatmap", "by-optimizer", "by-arch", "forest", "seeds")
+    outs = {name: tmp_path / f"{name}.png" for name in names}
     args = ["figures", "--summary", str(tmp_path / "summary.tsv")]
     args += ["--correlations", str(tmp_path / "correlations.tsv")]
     args += [a for name, path in outs.items() for a in (f"--{name}", str(path))]
@@ -523,7 +525,9 @@ def test_read_paper_table():
 
 
 def test_paper_pearson_reproduced_and_rank_methods_equal_scipy(tmp_path):
-    table = published.paper_table(PAPER_CSV, tmp_path, n_boot=200)
+    table = published.paper_table(
+        PAPER_CSV, tmp_path / "summary.tsv", tmp_path / "correlations.tsv", n_boot=200
+    )
     written = pd.read_csv(tmp_path / "correlations.tsv", sep="\t")
     assert list(written.columns[:9]) == [
         "group", "target", "measure", "method", "n", "statistic", "p_value", "ci_low", "ci_high",
@@ -567,7 +571,9 @@ def test_paper_pearson_reproduced_and_rank_methods_equal_scipy(tmp_path):
 
 
 def test_paper_table_families(tmp_path):
-    table = published.paper_table(PAPER_CSV, tmp_path, n_boot=0)
+    table = published.paper_table(
+        PAPER_CSV, tmp_path / "summary.tsv", tmp_path / "correlations.tsv", n_boot=0
+    )
     headline = table[table["family"] == "headline"]
     assert len(headline) == 9 and set(headline["group"]) == {"all"}
     assert set(headline["measure"]) == {"mean_sharpness"}

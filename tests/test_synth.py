@@ -13,11 +13,12 @@ import soundfile as sf
 import torch
 
 from ascsharp import meta, synth
-from ascsharp.synth import MARKER, generate_dataset
+from ascsharp.meta import SYNTHETIC_MARKER as MARKER
+from ascsharp.synth import generate_dataset
 
 # Tiny but complete: every scene in both folds, all nine devices present.
 TINY = {
-    "sample_rate": 8000,
+    "audio_sample_rate": 8000,
     "clip_seconds": 0.5,
     "cities": 2,
     "locations_per_city": 2,
@@ -73,7 +74,9 @@ def test_layout_matches_dcase(tiny):
 
 def test_validate_dataset_passes(tiny):
     root, summary = tiny
-    folds = meta.validate_dataset(root, sample_rate=8000, clip_seconds=0.5, tolerance_seconds=0)
+    folds = meta.validate_dataset(
+        root, audio_sample_rate=8000, clip_seconds=0.5, tolerance_seconds=0
+    )
     assert len(folds["train"]) == summary["folds"]["train"]["clips"]
     assert len(folds["evaluate"]) == summary["folds"]["evaluate"]["clips"]
     info = sf.info(str(root / folds["train"]["filename"].iloc[0]))
@@ -82,7 +85,7 @@ def test_validate_dataset_passes(tiny):
 
 def test_device_and_fold_structure(tiny):
     root, summary = tiny
-    folds = meta.validate_dataset(root)
+    folds = meta.validate_dataset(root, audio_sample_rate=None, clip_seconds=None)
     train, evaluate = folds["train"], folds["evaluate"]
     assert set(train["device"]) == set(meta.SEEN_DEVICES)
     assert set(evaluate["device"]) == set(meta.DEVICES)
@@ -193,7 +196,7 @@ def test_refuses_foreign_folder_and_accepts_empty_one(tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
     generate_dataset(empty, seed=1, **{**TINY, "cities": 1})
-    meta.validate_dataset(empty, sample_rate=8000, clip_seconds=0.5)
+    meta.validate_dataset(empty, audio_sample_rate=8000, clip_seconds=0.5)
 
 
 def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch):
@@ -208,7 +211,7 @@ def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("sample_rate", 4000), ("clip_seconds", 0.0), ("cities", 11), ("locations_per_city", 0)],
+    [("audio_sample_rate", 4000), ("clip_seconds", 0.0), ("cities", 11), ("locations_per_city", 0)],
 )
 def test_invalid_parameters_name_the_key(tmp_path: Path, key: str, value):
     with pytest.raises(ValueError, match=key):
@@ -285,7 +288,7 @@ def check_learnable(acc: dict[str, float]) -> None:
 def test_learnable_at_16khz(tmp_path: Path):
     """10 cities, 2 locations x 2 segments at 16 kHz and 1 s: the signal model, cheaply."""
     root = tmp_path / "set"
-    generate_dataset(root, seed=42, sample_rate=16000, clip_seconds=1.0, cities=10,
+    generate_dataset(root, seed=42, audio_sample_rate=16000, clip_seconds=1.0, cities=10,
                      locations_per_city=2, segments_per_location=2)  # fmt: skip
     check_learnable(linear_probe(root))
 
@@ -298,6 +301,6 @@ def test_learnable_with_default_parameters(tmp_path: Path):
     dataset = load_config(Path(__file__).resolve().parents[1] / "config.yaml")["dataset"]
     synth = {k: v for k, v in dataset["synthetic"].items() if k != "generate"}
     root = tmp_path / "set"
-    generate_dataset(root, sample_rate=dataset["sample_rate"],
+    generate_dataset(root, audio_sample_rate=dataset["audio_sample_rate"],
                      clip_seconds=dataset["clip_seconds"], **synth)  # fmt: skip
     check_learnable(linear_probe(root))

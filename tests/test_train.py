@@ -4,22 +4,47 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from defaults import train_settings
 
 from ascsharp import checkpoint
-from ascsharp.train import RESUME_FILE, TrainSettings, batch_count, train
+from ascsharp.data import Store
+from ascsharp.train import RESUME_FILE, TrainFiles, batch_count, train
 
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
-SETTINGS = TrainSettings(epochs=6, width=0.25, eval_batch_size=32)
+SETTINGS = train_settings(epochs=6, width=0.25, eval_batch_size=32)
+
+
+def train_files(features: Path, out: Path) -> TrainFiles:
+    """A feature folder as conftest writes it, and the outputs of the train rule in `out`."""
+    return TrainFiles(
+        train=Store(features / "train.npy", features / "train.tsv"),
+        test=Store(features / "test.npy", features / "test.tsv"),
+        holdout=features / "validation.tsv",
+        model=out / "model.pt",
+        metrics=out / "metrics.json",
+        history=out / "history.tsv",
+    )
+
+
+# Runs are bit-identical only on the CPU (cuDNN may pick non-deterministic kernels): the tests
+# that compare two runs bit for bit train there, also on a machine with a GPU.
+CPU = torch.device("cpu")
+
+
+def train_into(features: Path, run: str, out: Path, settings, feature_settings=None, device=None):
+    return train(train_files(features, out), run, settings, feature_settings or {}, device)
 
 
 def test_training_learns_and_writes_self_describing_outputs(feature_store, tmp_path):
     out = tmp_path / "model"
-    metrics = train(feature_store, RUN, out, SETTINGS, {"n_mels": 16})
+    metrics = train_into(feature_store, RUN, out, SETTINGS, {"n_mels": 16})
     history = pd.read_csv(out / "history.tsv", sep="\t")
     assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
@@ -49,14 +74,14 @@ def test_training_learns_and_writes_self_describing_outputs(feature_store, tmp_p
 
 
 def test_resume_after_kill_equals_uninterrupted_run(feature_store, tmp_path, monkeypatch):
-    full = train(feature_store, RUN, tmp_path / "full", SETTINGS)
+    full = train_into(feature_store, RUN, tmp_path / "full", SETTINGS, device=CPU)
 
     # A run killed during epoch 3 has left its epoch-2 checkpoint and no outputs: make one by
     # training 2 epochs with the output stage switched off, then label it as the 6-epoch run.
     import ascsharp.train as train_module
 
     monkeypatch.setattr(train_module, "_finish", lambda *a, **k: None)
-    train(feature_store, RUN, tmp_path / "resumed", replace(SETTINGS, epochs=2))
+    train_into(feature_store, RUN, tmp_path / "resumed", replace(SETTINGS, epochs=2), device=CPU)
     monkeypatch.undo()
     resume_file = tmp_path / "resumed" / RESUME_FILE
     saved = torch.load(resume_file, weights_only=True)
@@ -64,7 +89,7 @@ def test_resume_after_kill_equals_uninterrupted_run(feature_store, tmp_path, mon
     saved["settings"] = asdict(SETTINGS)
     torch.save(saved, resume_file)
 
-    resumed = train(feature_store, RUN, tmp_path / "resumed", SETTINGS)
+    resumed = train_into(feature_store, RUN, tmp_path / "resumed", SETTINGS, device=CPU)
     a = checkpoint.load(tmp_path / "full" / "model.pt")["state_dict"]
     b = checkpoint.load(tmp_path / "resumed" / "model.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -76,8 +101,8 @@ def test_resume_after_kill_equals_uninterrupted_run(feature_store, tmp_path, mon
 
 
 def test_paper_selection_trains_on_all_of_fold1_train_and_selects_on_test(feature_store, tmp_path):
-    settings = TrainSettings(epochs=2, width=0.125, selection="paper", eval_batch_size=32)
-    metrics = train(feature_store, RUN, tmp_path / "m", settings)
+    settings = train_settings(epochs=2, width=0.125, selection="paper", eval_batch_size=32)
+    metrics = train_into(feature_store, RUN, tmp_path / "m", settings)
     assert metrics["selection"] == "paper" and metrics["selected_on"] == "test"
     assert metrics["test_leak"] is True
     assert metrics["train"]["n"] == 120  # train + validation hold-out
@@ -89,7 +114,7 @@ def test_paper_selection_trains_on_all_of_fold1_train_and_selects_on_test(featur
 
 def test_divergence_is_recorded_not_raised(feature_store, tmp_path):
     run = "arch~cnn10/optimizer~sgd/lr~1e+30/batch_size~16/seed~42"
-    metrics = train(feature_store, run, tmp_path / "m", TrainSettings(epochs=3, width=0.125))
+    metrics = train_into(feature_store, run, tmp_path / "m", train_settings(epochs=3, width=0.125))
     assert metrics["converged"] is False
     assert metrics["convergence_rule"]["finite_losses"] is False
     history = pd.read_csv(tmp_path / "m" / "history.tsv", sep="\t")
@@ -102,11 +127,11 @@ def test_resume_checkpoint_of_another_run_is_refused(feature_store, tmp_path):
     out.mkdir()
     torch.save({"run": "other", "settings": {}}, out / RESUME_FILE)
     with pytest.raises(ValueError, match="belongs to another run"):
-        train(feature_store, RUN, out, SETTINGS)
+        train_into(feature_store, RUN, out, SETTINGS)
 
 
 def test_truncated_or_foreign_model_file_is_refused_by_name(feature_store, tmp_path):
-    train(feature_store, RUN, tmp_path / "m", replace(SETTINGS, epochs=1))
+    train_into(feature_store, RUN, tmp_path / "m", replace(SETTINGS, epochs=1))
     good = (tmp_path / "m" / "model.pt").read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good[: len(good) // 2])
@@ -124,17 +149,25 @@ def test_kill_9_mid_training_then_rerun_equals_uninterrupted(feature_store, tmp_
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     settings = replace(SETTINGS, epochs=6)
     exe = str(Path(sys.executable).parent / "ascsharp")
-    cmd = [exe, "train", "--features", str(feature_store), "--run", RUN, "--epochs", "6",
-           "--width", str(settings.width), "--eval-batch-size", "32", "--threads", "1",
-           "--selection", settings.selection, "--converged-min-train-accuracy",
-           str(settings.converged_min_train_accuracy), "--features-settings",
-           str(feature_store / "train.json"), "--out-dir"]  # fmt: skip
+    files = train_files(feature_store, tmp_path)
+    base = [exe, "train", "--run", RUN, "--train-npy", str(files.train.npy), "--train-tsv",
+            str(files.train.tsv), "--test-npy", str(files.test.npy), "--test-tsv",
+            str(files.test.tsv), "--holdout", str(files.holdout), "--epochs", "6",
+            "--width", str(settings.width), "--eval-batch-size", "32", "--threads", "1",
+            "--selection", settings.selection, "--no-amp", "--converged-min-train-accuracy",
+            str(settings.converged_min_train_accuracy), "--features-settings",
+            str(feature_store / "train.json")]  # fmt: skip
+
+    def cmd(out: Path) -> list[str]:
+        return [*base, "--model", str(out / "model.pt"), "--metrics", str(out / "metrics.json"),
+                "--history", str(out / "history.tsv")]  # fmt: skip
+
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, str(killed_dir)], stderr=subprocess.PIPE, text=True)
+    cpu_only = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # bit-identical on the CPU only
+    proc = subprocess.Popen(cmd(killed_dir), stderr=subprocess.PIPE, text=True, env=cpu_only)
     resume_file = killed_dir / RESUME_FILE
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -149,10 +182,10 @@ def test_kill_9_mid_training_then_rerun_equals_uninterrupted(feature_store, tmp_
     proc.wait()
     assert not (killed_dir / "model.pt").exists() and resume_file.exists()
 
-    rerun = subprocess.run([*cmd, str(killed_dir)], capture_output=True, text=True)
+    rerun = subprocess.run(cmd(killed_dir), capture_output=True, text=True, env=cpu_only)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming" in rerun.stderr
-    clean = subprocess.run([*cmd, str(tmp_path / "clean")], capture_output=True, text=True)
+    clean = subprocess.run(cmd(tmp_path / "clean"), capture_output=True, text=True, env=cpu_only)
     assert clean.returncode == 0, clean.stderr
     a = checkpoint.load(killed_dir / "model.pt")["state_dict"]
     b = checkpoint.load(tmp_path / "clean" / "model.pt")["state_dict"]
@@ -167,7 +200,7 @@ def test_every_optimizer_runs_through_the_training_loop(optimizer, feature_store
     """Each stepper inside the real loop: resume checkpoint, selection, outputs, reload."""
     run = f"arch~cnn10/optimizer~{optimizer}/lr~0.001/batch_size~16/seed~42"
     out = tmp_path / optimizer
-    metrics = train(feature_store, run, out, replace(SETTINGS, epochs=2))
+    metrics = train_into(feature_store, run, out, replace(SETTINGS, epochs=2))
     assert metrics["epochs_trained"] == 2 and math.isfinite(metrics["train"]["loss"])
     history = pd.read_csv(out / "history.tsv", sep="\t")
     assert len(history) == 2
@@ -195,12 +228,12 @@ def test_selection_keeps_the_best_epoch_not_the_last(feature_store, tmp_path, mo
     """Accuracy that rises, then falls: model.pt must hold epoch 2's weights."""
     settings = replace(SETTINGS, epochs=4)
     _scripted_selection(monkeypatch, [0.3, 0.7, 0.5, 0.4])
-    metrics = train(feature_store, RUN, tmp_path / "falling", settings)
+    metrics = train_into(feature_store, RUN, tmp_path / "falling", settings, device=CPU)
     assert metrics["epoch"] == 2 and metrics["epochs_trained"] == 4
     _scripted_selection(monkeypatch, [0.3, 0.7])
-    train(feature_store, RUN, tmp_path / "two", replace(settings, epochs=2))
+    train_into(feature_store, RUN, tmp_path / "two", replace(settings, epochs=2), device=CPU)
     _scripted_selection(monkeypatch, [0.3, 0.5, 0.6, 0.7])
-    train(feature_store, RUN, tmp_path / "rising", settings)
+    train_into(feature_store, RUN, tmp_path / "rising", settings, device=CPU)
     best = checkpoint.load(tmp_path / "falling" / "model.pt")["state_dict"]
     epoch2 = checkpoint.load(tmp_path / "two" / "model.pt")["state_dict"]
     epoch4 = checkpoint.load(tmp_path / "rising" / "model.pt")["state_dict"]
@@ -237,8 +270,8 @@ def test_training_sees_every_clip_each_epoch(feature_store, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_module, "build_model", counting_build)
     # 120 clips with the paper's selection; batch size 16: 7 full batches and one of 8.
-    settings = TrainSettings(epochs=1, width=0.125, selection="paper", eval_batch_size=64)
-    train(feature_store, RUN, tmp_path / "m", settings)
+    settings = train_settings(epochs=1, width=0.125, selection="paper", eval_batch_size=64)
+    train_into(feature_store, RUN, tmp_path / "m", settings)
     assert sum(sizes) == 120 and sizes[-1] == 8
 
 
@@ -252,8 +285,8 @@ def test_landscape_is_computed_on_exactly_the_training_clips(
     from ascsharp.landscape import evaluate_shard, make_directions, save_directions
     from ascsharp.surface import Grid, gather
 
-    settings = TrainSettings(epochs=1, width=0.125, selection=selection, eval_batch_size=64)
-    metrics = train(feature_store, RUN, tmp_path / "m", settings)
+    settings = train_settings(epochs=1, width=0.125, selection=selection, eval_batch_size=64)
+    metrics = train_into(feature_store, RUN, tmp_path / "m", settings)
     ckpt = checkpoint.load(tmp_path / "m" / "model.pt")
     train_tsv = pd.read_csv(feature_store / "train.tsv", sep="\t")
     held = set(pd.read_csv(feature_store / "validation.tsv", sep="\t")["filename"])
@@ -264,8 +297,10 @@ def test_landscape_is_computed_on_exactly_the_training_clips(
                     {"run": RUN, "direction_seed": 42})  # fmt: skip
     evaluate_shard(
         model_path=tmp_path / "m" / "model.pt", directions_path=tmp_path / "d.pt",
-        features_dir=feature_store, split="train", subset=None, batch_size=50,
+        store=Store(feature_store / "train.npy", feature_store / "train.tsv"), split="train",
+        clips=None, batch_size=50,
         grid=Grid(-0.1, 0.1, 3, -0.1, 0.1, 3), n_shards=1, shard=0, out=tmp_path / "s.npz",
+        precision="float32", compile=True,  # ignored on CPU
     )  # fmt: skip
     gather([tmp_path / "s.npz"], tmp_path / "surface.h5")
     with h5py.File(tmp_path / "surface.h5") as f:

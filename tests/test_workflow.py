@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_run import ROOT, TINY, copy_project, env, snakemake
+from pytest import approx
+from workflow_run import GOLDEN, ROOT, TINY, copy_project, env, result_numbers, snakemake
 
 from ascsharp.correlation import TABLE_COLUMNS
 
@@ -96,7 +98,7 @@ def _localrules(work: Path, *configfiles: str) -> set[str]:
 
 
 def test_default_dry_run_lists_the_dag(tmp_path):
-    from ascsharp.synth import MARKER
+    from ascsharp.meta import SYNTHETIC_MARKER as MARKER
 
     out = snakemake(copy_project(tmp_path), "-n")
     counts = _job_counts(out)
@@ -148,7 +150,7 @@ def test_paper_preset_without_data_stops_with_one_line(tmp_path, profile):
 def test_download_is_planned_on_the_submit_host(tmp_path):
     """With the download enabled, the dry run plans it before features; compute nodes often
     have no internet, so it is a local rule under --profile slurm."""
-    from ascsharp.download import MARKER
+    from ascsharp.meta import DOWNLOAD_MARKER as MARKER
 
     work = copy_project(tmp_path)
     mine = tmp_path / "my-data.yaml"
@@ -245,8 +247,16 @@ def test_tiny_workflow_produces_every_output(tiny_run):
     corr = pd.read_csv(tiny_run / "results/analysis/correlations.tsv", sep="\t")
     assert list(corr.columns[: len(TABLE_COLUMNS) - 1]) == TABLE_COLUMNS[:-1]
     assert {"test_all", "seen", "unseen"} <= set(corr["target"])
-    for name in ("scatter", "devices", "correlations", "measure_ranking"):
-        assert (tiny_run / f"results/analysis/figures/{name}.png").stat().st_size > 1000
+    # Every figure as PNG and SVG, the HTML pages, and the comparison with the published runs
+    # (the tiny grid's CNN10 Adam/SGD runs at lr 0.001, batch 16, seeds 42/43 are in the table).
+    for path in REPORT_FIGURES:
+        for suffix in (".png", ".svg"):
+            assert (tiny_run / path).with_suffix(suffix).stat().st_size > 1000, path
+    for path in REPORT_PAGES:
+        text = (tiny_run / path).read_text()
+        assert "</table>" in text or "Plotly.newPlot" in text, path
+    twins = pd.read_csv(tiny_run / "results/analysis/paper_comparison.tsv", sep="\t")
+    assert sorted(twins["run"]) == sorted(summary["run"]) and twins["paper_id"].notna().all()
     # Every measure of every run: a summary column and rows of the correlations and the ranking.
     measure_columns = ["hessian_lambda_max", "hessian_trace", "adaptive_average", "adaptive_worst"]
     assert summary[measure_columns].notna().all().all()
@@ -273,9 +283,51 @@ def test_tiny_workflow_produces_every_output(tiny_run):
 
 
 @pytest.mark.slow
+def test_tiny_workflow_results_equal_the_golden_numbers(tiny_run):
+    # Recorded from the tiny run before the code was reorganised (issue 13): a change that only
+    # moves code around must leave every metric, surface loss, sharpness and measure as it was.
+    # CPU runs are deterministic; the tolerance only forgives the last bits of a float64.
+    # Regenerate deliberately, after a change of the science: python tests/workflow_run.py DIR
+    golden = json.loads(GOLDEN.read_text())
+    numbers = result_numbers(tiny_run)
+    assert sorted(numbers) == sorted(golden)
+    moved = {k: (numbers[k], v) for k, v in golden.items() if numbers[k] != approx(v, rel=1e-9)}
+    assert not moved, f"{len(moved)} of {len(golden)} numbers moved, e.g. {list(moved.items())[:5]}"
+
+
+# What the report lists for the tiny config: every figure (its SVG; the PNG beside it) and page.
+_TINY_RUNS = [f"arch~cnn10/optimizer~{o}/lr~0.001/batch_size~16/seed~{s}"
+              for o in ("adam", "sgd") for s in (42, 43)]  # fmt: skip
+REPORT_FIGURES = [
+    *(f"results/analysis/figures/{name}.svg" for name in (
+        "scatter", "devices", "correlations", "by_optimizer", "by_arch", "forest", "seeds",
+        "measure_ranking", "paper_comparison", "training/optimizer~adam",
+        "training/optimizer~sgd", "landscapes/arch~cnn10")),
+    *(f"results/landscapes/{run}/{name}.svg" for run in _TINY_RUNS
+      for name in ("slices", "direction_seed~42/contour", "direction_seed~42/surface3d")),
+    "results/paper/figures/scatter.svg",
+]  # fmt: skip
+REPORT_PAGES = [
+    *(f"results/analysis/tables/{name}.html" for name in
+      ("summary", "headline", "paper_comparison")),
+    *(f"results/landscapes/{run}/surface3d.html" for run in _TINY_RUNS),
+]  # fmt: skip
+
+
+@pytest.mark.slow
 def test_report_is_built(tiny_run):
     snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report.html")
-    assert (tiny_run / "results/report.html").stat().st_size > 100_000
+    html = (tiny_run / "results/report.html").read_text()
+    listed = set(re.findall(r'"(results/[^"]+)": \{"name"', html))
+    assert set(REPORT_FIGURES) | set(REPORT_PAGES) <= listed, sorted(listed)
+    # The layout for large reports (the paper preset: hundreds of files): a zip with the files
+    # beside report.html instead of inside it.
+    snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report.zip")
+    with zipfile.ZipFile(tiny_run / "results/report.zip") as z:
+        names = z.namelist()
+        assert "report/report.html" in names
+        files = {name.rsplit("/", 1)[-1] for name in names if name.startswith("report/data/raw/")}
+        assert {Path(p).name for p in REPORT_FIGURES + REPORT_PAGES} <= files
 
 
 @pytest.mark.slow
@@ -317,10 +369,12 @@ def test_kill_9_of_a_landscape_shard_then_rerun_computes_only_the_missing_points
     points missing from its partial file, and the shard equals an uninterrupted one bit for bit."""
     model = tiny_run / f"results/models/{RUN}/model.pt"
     directions = tiny_run / f"results/landscapes/{RUN}/direction_seed~42/directions.pt"
+    store = tiny_run / "results/features/train"
     cmd = [_tool("ascsharp"), "landscape-shard", "--model", str(model), "--directions",
-           str(directions), "--features", str(tiny_run / "results/features"), "--split", "train",
-           "--batch-size", "64", "--shards", "1", "--shard", "0", "--x", "-0.5", "0.5", "7",
-           "--y", "-0.5", "0.5", "7", "--threads", "1", "--out"]  # fmt: skip
+           str(directions), "--features-npy", f"{store}.npy", "--features-tsv", f"{store}.tsv",
+           "--split", "train", "--clips", "all", "--batch-size", "64", "--shards", "1",
+           "--shard", "0", "--x", "-0.5", "0.5", "7", "--y", "-0.5", "0.5", "7", "--threads",
+           "1", "--precision", "float32", "--no-compile", "--out"]  # fmt: skip
     n_points = 7 * 7
     killed = tmp_path / "killed" / "shard~0.npz"
     partial = killed.with_name(killed.name + ".partial.json")

@@ -40,3 +40,60 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200, check: bool = True
         output = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
     return proc
+
+
+# --- Golden numbers: the tiny workflow's results, recorded before a refactor -----------------
+GOLDEN = ROOT / "tests" / "data" / "tiny_golden.json"
+# Of each sharpness variant: the value and what it is made of (the rest is settings).
+SHARPNESS_KEYS = ("sharpness", "reference_loss", "max_loss", "points")
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    """Every number under `value` as `prefix/key/...` -> float (bools and strings are skipped)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}/{key}", item, out)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _flatten(f"{prefix}/{i}", item, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out[prefix] = float(value)
+
+
+def result_numbers(workdir: Path) -> dict[str, float]:
+    """The numbers a change of code must not move: per run, the metrics of the selected
+    weights, every loss of every surface, every sharpness variant and every measure's values."""
+    import json
+
+    import h5py
+
+    out: dict[str, float] = {}
+    results = workdir / "results"
+    for metrics_file in sorted(results.glob("models/**/metrics.json")):
+        metrics = json.loads(metrics_file.read_text())
+        run = metrics["run"]
+        keep = ("epoch", "train", "validation", "test", "generalisation_gap")
+        _flatten(f"{run}/metrics", {k: metrics[k] for k in keep if k in metrics}, out)
+        sharpness = json.loads((results / f"sharpness/{run}.json").read_text())
+        for seed, regions in sharpness["per_seed"].items():
+            for region, references in regions.items():
+                for reference, value in references.items():
+                    kept = {k: value[k] for k in SHARPNESS_KEYS}
+                    _flatten(f"{run}/sharpness/{seed}/{region}/{reference}", kept, out)
+        for surface in sorted((results / f"landscapes/{run}").glob("*/surface.h5")):
+            with h5py.File(surface) as f:
+                for name in ("train_loss", "train_acc"):
+                    _flatten(f"{run}/{surface.parent.name}/{name}", f[name][:].tolist(), out)
+        for measure in sorted((results / f"measures/{run}").glob("*.json")):
+            values = json.loads(measure.read_text())["values"]
+            _flatten(f"{run}/measures/{measure.stem}", values, out)
+    return out
+
+
+if __name__ == "__main__":
+    # python tests/workflow_run.py WORKDIR: record WORKDIR's tiny run as the golden numbers.
+    import json
+
+    numbers = result_numbers(Path(sys.argv[1]))
+    GOLDEN.write_text(json.dumps(numbers, indent=0, sort_keys=True) + "\n")
+    print(f"{len(numbers)} numbers -> {GOLDEN}")

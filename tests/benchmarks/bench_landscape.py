@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ascsharp.landscape import evaluate_points, make_directions
+from ascsharp.landscape import PRECISIONS, evaluate_points, forward_precision, make_directions
 from ascsharp.surface import Grid
 
 
@@ -110,7 +110,7 @@ def build(name: str, n_mels: int) -> nn.Module:
     if name == "cnn10":
         from ascsharp.models import build_model
 
-        return build_model("cnn10", width=0.125, n_mels=n_mels)
+        return build_model("cnn10", n_classes=10, width=0.125, n_mels=n_mels)
     return TinyStandIn(n_mels)
 
 
@@ -195,18 +195,24 @@ def naive_main(argv: list[str]) -> None:
 PAPER_CLIPS, PAPER_FRAMES = 13_962, 1001
 
 
-def gemm_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Dense float32 GEMM FLOP/s of this device and thread count: the practical peak."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def gemm_rate(device: torch.device, precision: str = "float32") -> float:
+    """Dense GEMM FLOP/s of this device and thread count at `precision` (a key of
+    landscape.PRECISIONS): the practical peak that a forward at that precision is held to."""
+    cuda = device.type == "cuda"
+    n, repeats = (4096, 20) if cuda else (1024, 1)  # sizes at which each reaches its rate
+    dtype = PRECISIONS[precision] or torch.float32
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
 
     def run():
-        a @ b
-        if device.type == "cuda":
+        with forward_precision(device, precision):
+            for _ in range(repeats):
+                a @ b
+        if cuda:
             torch.cuda.synchronize()
 
     run()
-    return 2 * n**3 / min(_time(run) for _ in range(repeats))
+    return 2 * n**3 * repeats / min(_time(run) for _ in range(5))
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
@@ -224,49 +230,67 @@ def peak_main(argv: list[str]) -> None:
     ap.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0])
     ap.add_argument("--arch", default="cnn10")
     ap.add_argument("--frames", type=int, default=PAPER_FRAMES)
-    ap.add_argument("--clips", type=int, default=None, help="default: 64 at width <= 1/4, else 4")
-    ap.add_argument("--points", type=int, default=2, help="grid points per timed run")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clips", type=int, default=None,
+                    help="default: CPU 64 at width <= 1/4, else 4; CUDA 1024 / 256")  # fmt: skip
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="default: min(clips, 64 CPU / 256 CUDA)"
+    )
+    ap.add_argument("--points", type=int, default=4,
+                    help="grid points timed, after a first one that pays the start-up")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=None,
+                    help="default: float32 on CPU, all on CUDA")  # fmt: skip
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the torch.compile'd fast path (default: on CUDA)")  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    quiet = logging.getLogger("bench_landscape.quiet")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
-    peak = gemm_rate(device)
-    print(f"device={device} threads={args.threads} arch={args.arch} frames={args.frames}")
-    print(f"GEMM (float32, 2048^2): {peak / 1e9:.1f} GFLOP/s, measured in this run")
-    grid = Grid(-0.25, 0.25, 3, -0.25, 0.25, 3)
-    indices = list(range(args.points))
+    cuda = device.type == "cuda"
+    precisions = args.precisions or (sorted(PRECISIONS) if cuda else ["float32"])
+    compile_too = cuda if args.compile is None else args.compile
+    stamps = PointStamps()
+    peaks = {p: gemm_rate(device, p) for p in precisions}
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    print(f"device={device} ({name}) threads={args.threads} arch={args.arch} frames={args.frames}")
+    for p, peak in peaks.items():
+        print(f"GEMM at {p}: {peak / 1e9:,.1f} GFLOP/s, measured in this run")
+    grid = Grid(-0.25, 0.25, 11, -0.25, 0.25, 11)  # the paper's grid
+    indices = list(range(min(args.points + 1, grid.n_points)))
     for width in args.widths:
-        clips = args.clips or (64 if width <= 0.25 else 4)
+        small = width <= 0.25
+        clips = args.clips or ((1024 if small else 256) if cuda else (64 if small else 4))
+        batch_size = min(clips, args.batch_size or (256 if cuda else 64))
         torch.manual_seed(0)
-        model = build_model(args.arch, width=width).eval().to(device)
+        model = build_model(args.arch, n_classes=10, width=width, n_mels=64).eval().to(device)
         x = torch.randn(clips, 64, args.frames, device=device)
         y = torch.randint(0, 10, (clips,), device=device)
         flops_per_clip = forward_flops(model, x[:1])
         dx, dy = make_directions(model, "bench", 0)
+        kw = {"batch_size": batch_size, "device": device, "log": stamps.logger}
 
-        kw = {"batch_size": min(clips, 64), "device": device, "log": quiet}
-
-        def points(fold: bool, model=model, x=x, y=y, dx=dx, dy=dy, kw=kw):
-            evaluate_points(model, dx, dy, x, y, grid, indices, fold_bn=fold, **kw)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        print(f"width {width:g}: {flops_per_clip / 1e9:.3f} GFLOP per clip forward, {clips} clips")
-        for fold in (False, True):
-            points(fold)  # warm-up: allocator, oneDNN/cuDNN kernel choice
-            seconds = min(_time(lambda fold=fold: points(fold)) for _ in range(args.repeats))
-            rate = flops_per_clip * clips * args.points / seconds
+        print(f"width {width:g}: {flops_per_clip / 1e9:.3f} GFLOP per clip forward, {clips} clips,"
+              f" batch {batch_size}")  # fmt: skip
+        # The unfolded eager forward once, as the baseline; then every precision on the fast
+        # path, eager and (on CUDA) compiled. One call per variant, as in a landscape job: the
+        # first point pays the call's start-up (copies, kernel choice, compilation), the others
+        # are timed from the progress lines (each point ends in a host read of its loss).
+        variants = [(False, False, precisions[0]), *((True, False, p) for p in precisions)]
+        variants += [(True, True, p) for p in precisions] if compile_too else []
+        for fold, compile, precision in variants:
+            stamps.clear()
+            evaluate_points(model, dx, dy, x, y, grid, indices, fold_bn=fold, compile=compile,
+                            precision=precision, **kw)  # fmt: skip
+            first, seconds = stamps.first_and_rest()
+            per_second = (len(indices) - 1) / seconds
+            rate = flops_per_clip * clips * per_second
             paper_point = flops_per_clip * PAPER_CLIPS * PAPER_FRAMES / args.frames / rate
-            label = "BN folded, channels-last" if fold else "plain eval forward      "
+            label = f"{'BN folded' if fold else 'plain eval'}{', compiled' if compile else ''}"
+            label += f", {precision}"
             print(
-                f"  {label}: {args.points / seconds:8.3f} points/s, {rate / 1e9:7.1f} GFLOP/s"
-                f" = {rate / peak:6.1%} of GEMM; one paper grid point here: {paper_point:,.0f} s"
-                " (extrapolated)"
+                f"  {label:<32}: {per_second:8.3f} points/s, {rate / 1e9:9.1f} GFLOP/s"
+                f" = {rate / peaks[precision]:6.1%} of GEMM at {precision}; one paper grid point"
+                f" here: {paper_point:,.2f} s (extrapolated); first point {first:.1f} s"
             )
 
 
@@ -284,6 +308,29 @@ def _time(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+class PointStamps(logging.Handler):
+    """A logger for evaluate_points that notes when each grid point's progress line arrives."""
+
+    def __init__(self):
+        super().__init__()
+        self.logger = logging.getLogger("bench_landscape.points")
+        self.logger.addHandler(self)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self.clear()
+
+    def clear(self) -> None:
+        self.t0, self.times = time.perf_counter(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("points "):
+            self.times.append(time.perf_counter())
+
+    def first_and_rest(self) -> tuple[float, float]:
+        """Seconds to the first point, and for all points after it."""
+        return self.times[0] - self.t0, self.times[-1] - self.times[0]
 
 
 if __name__ == "__main__":

@@ -1,25 +1,28 @@
-"""What 16-bit forward passes do to loss surfaces and sharpness, on the workflow's trained models.
+"""What reduced-precision forward passes do to loss surfaces and sharpness, on trained models.
 
 For every results/models/*/.../model.pt under `--results`: one filter-normalised surface (direction
 seed 42, the paper's 11 x 11 grid over [-0.25, 0.25]^2, `--clips` of the model's training clips) in
-float32 and under bfloat16 / float16 autocast, then the paper's sharpness of each. Prints the
-largest loss difference and the largest sharpness difference against float32, absolute and as
-a share of the float32 sharpness. On CPU only bfloat16 autocast is fast; run with `--device cuda`
-on a GPU for the precisions that matter there. Run after `snakemake --cores N`:
-`python tests/benchmarks/bench_precision.py --results results`.
+IEEE float32 and at each of `--precisions` (tf32, bfloat16, float16: landscape.PRECISIONS), then
+the paper's sharpness of each. Prints the largest loss difference and the largest sharpness
+difference against float32, absolute and as a share of the float32 sharpness, and the time of
+each precision relative to float32 (small demo models: a ratio, not a throughput). On CPU only
+bfloat16 autocast exists (and is slow); run with `--device cuda` for the precisions that matter
+there. Run after `snakemake --cores N`:
+`python tests/benchmarks/bench_precision.py --results results [--device cuda]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ascsharp.checkpoint import load_model
-from ascsharp.data import load_clips
+from ascsharp.data import Store, load_clips
 from ascsharp.landscape import evaluate_points, make_directions
 from ascsharp.seeds import derive_seed
 from ascsharp.sharpness import PAPER, sharpness
@@ -39,20 +42,23 @@ def main() -> None:
     quiet.propagate = False
     grid = Grid(-0.25, 0.25, 11, -0.25, 0.25, 11)
     worst = {p: (0.0, 0.0, 0.0) for p in args.precisions}
+    seconds = dict.fromkeys(["float32", *args.precisions], 0.0)
     models = sorted((args.results / "models").rglob("model.pt"))
     if not models:
         raise SystemExit(f"no model.pt under {args.results / 'models'}: run the workflow first")
     for path in models:
         model, ckpt = load_model(path, args.device)
         run = ckpt["run"]
-        data = load_clips(args.results / "features", "train", ckpt["train_clips"], args.clips,
-                          derive_seed(run, "subset"))  # fmt: skip
+        store = Store(args.results / "features/train.npy", args.results / "features/train.tsv")
+        data = load_clips(store, ckpt["train_clips"], args.clips, derive_seed(run, "subset"))
         dx, dy = make_directions(model, run, 42)
         surfaces = {}
         for precision in ["float32", *args.precisions]:
+            t0 = time.perf_counter()
             res = evaluate_points(model, dx, dy, data.x, data.y, grid, range(grid.n_points),
                                   batch_size=128, device=args.device, log=quiet,
                                   precision=precision)  # fmt: skip
+            seconds[precision] += time.perf_counter() - t0  # evaluate_points ends in a host read
             loss = np.array([res[p][0] for p in range(grid.n_points)]).reshape(11, 11)
             s = sharpness(grid.xcoordinates, grid.ycoordinates, loss, **PAPER)["sharpness"]
             surfaces[precision] = (loss, s)
@@ -67,7 +73,8 @@ def main() -> None:
         print("; ".join(line))
     for p, (d_loss, d_s, rel) in worst.items():
         print(f"max over {len(models)} models, {p} vs float32: |dloss| {d_loss:.2e}, "
-              f"|dsharpness| {d_s:.4f} ({rel:.2%} of the float32 value)")  # fmt: skip
+              f"|dsharpness| {d_s:.4f} ({rel:.2%} of the float32 value); time "
+              f"{seconds[p] / seconds['float32']:.2f}x float32's")  # fmt: skip
 
 
 if __name__ == "__main__":

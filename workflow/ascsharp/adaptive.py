@@ -56,14 +56,17 @@ PARAMETERS = ("all", "weights")
 class AverageOptions:
     """`samples` noise draws of scale `rho`; `antithetic` evaluates each draw at +delta and
     -delta and averages the two (same expectation, the gradient term cancels exactly);
-    `batch_size` clips per forward chunk (memory, not results)."""
+    `batch_size` clips per forward chunk (memory, not results).
 
-    rho: float = 0.1
-    samples: int = 100
+    rho, samples and batch_size are the config's `measures.adaptive_average` (defaults in the
+    schema); the variants below them are not configurable: their defaults are the measure."""
+
+    rho: float
+    samples: int
+    batch_size: int
     adaptive: bool = True
     parameters: str = "all"
     antithetic: bool = False
-    batch_size: int = 64
 
     def __post_init__(self) -> None:
         _check_common(self.rho, self.parameters, self.batch_size)
@@ -81,17 +84,20 @@ class WorstOptions:
     is undone and the step size halved; the best point is kept. Restart 0 starts at u = 0 (so
     its first step follows the gradient), the others at random points of the sphere (p=2) or
     of the box (p=inf). Each step costs one forward+backward pass over the batch.
+
+    rho to batch_size are the config's `measures.adaptive_worst` (defaults in the schema); the
+    fields with defaults are not configurable: their defaults are the measure.
     """
 
-    rho: float = 0.1
-    p: str = "2"
-    steps: int = 20
-    restarts: int = 3
-    m: int | None = 128
+    rho: float
+    p: str
+    steps: int
+    restarts: int
+    m: int | None
+    batch_size: int
     step_size: float | None = None
     adaptive: bool = True
     parameters: str = "all"
-    batch_size: int = 64
 
     def __post_init__(self) -> None:
         _check_common(self.rho, self.parameters, self.batch_size)

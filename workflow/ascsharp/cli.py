@@ -27,6 +27,31 @@ def command(name: str, help: str, arguments: Arguments):
     return wrap
 
 
+def _clip_count(text: str) -> int | None:
+    """A `--clips`-like value: a positive number of clips, or `all` (None)."""
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number or 'all'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be >= 1")
+    return n
+
+
+def _store_arguments(p, name: str, what: str) -> None:
+    """--NAME-npy and --NAME-tsv: one feature store as `ascsharp features` wrote it."""
+    p.add_argument(f"--{name}-npy", type=Path, required=True, help=f"{what} features (.npy)")
+    p.add_argument(f"--{name}-tsv", type=Path, required=True, help=f"{what} clip index (.tsv)")
+
+
+def _store(args, name: str):
+    from .data import Store
+
+    return Store(getattr(args, f"{name}_npy"), getattr(args, f"{name}_tsv"))
+
+
 def _mel_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("log-mel settings (config.yaml: features)")
     g.add_argument("--sample-rate", type=int, required=True, help="Hz after resampling")
@@ -54,7 +79,7 @@ def _mel_config(args):
 def _synth_args(p):
     p.add_argument("--root", type=Path, required=True, help="output folder (DCASE2020 layout)")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--sample-rate", type=int, required=True)
+    p.add_argument("--audio-sample-rate", type=int, required=True, help="of the WAVs written")
     p.add_argument("--clip-seconds", type=float, required=True)
     p.add_argument("--cities", type=int, required=True, help="how many of the 10 cities")
     p.add_argument("--locations-per-city", type=int, required=True)
@@ -70,7 +95,7 @@ def _synth(args):
     summary = generate_dataset(
         args.root,
         seed=args.seed,
-        sample_rate=args.sample_rate,
+        audio_sample_rate=args.audio_sample_rate,
         clip_seconds=args.clip_seconds,
         cities=args.cities,
         locations_per_city=args.locations_per_city,
@@ -82,8 +107,8 @@ def _synth(args):
 def _download_args(p):
     p.add_argument(
         "--api",
-        default="https://zenodo.org/api/records/3819968",
-        help="Zenodo record API URL (default: TAU Urban Acoustic Scenes 2020 Mobile, development)",
+        required=True,
+        help="Zenodo record API URL (config dataset.download.api: the development set's record)",
     )
     p.add_argument(
         "--downloads", type=Path, required=True, help="folder for the zips (kept for reruns)"
@@ -105,15 +130,16 @@ def _download(args):
 def _features_args(p):
     p.add_argument("--root", type=Path, required=True, help="data set folder")
     p.add_argument("--fold", choices=["train", "evaluate"], required=True)
-    p.add_argument("--out-npy", type=Path, required=True)
-    p.add_argument("--out-tsv", type=Path, required=True)
+    p.add_argument("--out-npy", type=Path, required=True, help="the store's features")
+    p.add_argument("--out-tsv", type=Path, required=True, help="the store's clip index")
+    p.add_argument("--out-json", type=Path, required=True, help="the store's settings")
     p.add_argument(
         "--audio-sample-rate",
         type=int,
-        default=None,
+        required=True,
         help="expected WAV sample rate (checked for every file)",
     )
-    p.add_argument("--clip-seconds", type=float, default=None, help="expected clip length")
+    p.add_argument("--clip-seconds", type=float, required=True, help="expected clip length")
     p.add_argument("--dtype", choices=["float32", "float16"], required=True)
     p.add_argument("--threads", type=int, default=1)
     _mel_arguments(p)
@@ -127,13 +153,15 @@ def _features_args(p):
 def _features(args):
     from dataclasses import asdict
 
-    from .features import extract_split
+    from .features import extract_store
     from .io import provenance, write_json
     from .meta import validate_dataset
 
-    folds = validate_dataset(args.root, args.audio_sample_rate, args.clip_seconds)
+    folds = validate_dataset(
+        args.root, audio_sample_rate=args.audio_sample_rate, clip_seconds=args.clip_seconds
+    )
     mel = _mel_config(args)
-    extract_split(
+    extract_store(
         args.root,
         folds[args.fold],
         args.out_npy,
@@ -144,7 +172,7 @@ def _features(args):
         clip_seconds=args.clip_seconds,
     )
     # Self-describing store: what was extracted from where, with which settings and code.
-    write_json(args.out_npy.with_suffix(".json"), {
+    write_json(args.out_json, {
         "dataset_root": str(args.root),
         "fold": args.fold,
         "clips": len(folds[args.fold]),
@@ -178,14 +206,20 @@ def _holdout(args):
 
 # --- training ---------------------------------------------------------------------------------
 def _train_args(p):
-    p.add_argument("--features", type=Path, required=True, help="results/features folder")
     p.add_argument("--run", required=True, help="arch~../optimizer~../lr~../batch_size~../seed~..")
-    p.add_argument("--out-dir", type=Path, required=True)
+    _store_arguments(p, "train", "fold1_train's")
+    _store_arguments(p, "test", "fold1_evaluate's")
+    p.add_argument("--holdout", type=Path, required=True, help="validation.tsv")
+    p.add_argument("--model", type=Path, required=True, help="model.pt to write")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
+    p.add_argument("--history", type=Path, required=True, help="history.tsv to write")
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--width", type=float, required=True)
     p.add_argument("--selection", choices=["validation", "paper"], required=True)
     p.add_argument("--eval-batch-size", type=int, required=True)
-    p.add_argument("--amp", action="store_true")
+    p.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, required=True, help="CUDA mixed precision"
+    )
     p.add_argument("--converged-min-train-accuracy", type=float, required=True)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument(
@@ -200,7 +234,7 @@ def _train_args(p):
     "train", "train one grid run; resumes from its last epoch checkpoint if killed", _train_args
 )
 def _train(args):
-    from .train import TrainSettings, train
+    from .train import TrainFiles, TrainSettings, train
 
     settings = TrainSettings(
         epochs=args.epochs,
@@ -216,7 +250,15 @@ def _train(args):
         raise ValueError(
             f"{args.features_settings}: not a feature store's settings ({e})"
         ) from None
-    train(args.features, args.run, args.out_dir, settings, features)
+    files = TrainFiles(
+        train=_store(args, "train"),
+        test=_store(args, "test"),
+        holdout=args.holdout,
+        model=args.model,
+        metrics=args.metrics,
+        history=args.history,
+    )
+    train(files, args.run, settings, features)
 
 
 # --- landscapes -------------------------------------------------------------------------------
@@ -254,19 +296,34 @@ def _directions(args):
 def _shard_args(p):
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--directions", type=Path, required=True)
-    p.add_argument("--features", type=Path, required=True, help="results/features folder")
+    _store_arguments(p, "features", "the store of the split:")
     p.add_argument(
         "--split",
         choices=["train", "test"],
         required=True,
         help="train: the clips the model was trained on (listed in model.pt); test: the test fold",
     )
-    p.add_argument("--subset", type=int, default=None, help="evaluate on this many clips")
+    p.add_argument(
+        "--clips",
+        type=_clip_count,
+        required=True,
+        help="N: a fixed seeded selection of N of the split's clips (the same for every "
+        "direction seed of a run); all: every one",
+    )
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="shard~K.npz")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument(
+        "--precision", required=True, help="forward precision: float32, tf32, bfloat16, float16"
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        required=True,
+        help="torch.compile the forward (on CUDA only)",
+    )
     _grid_arguments(p)
 
 
@@ -279,22 +336,28 @@ def _landscape_shard(args):
     evaluate_shard(
         model_path=args.model,
         directions_path=args.directions,
-        features_dir=args.features,
+        store=_store(args, "features"),
         split=args.split,
-        subset=args.subset,
+        clips=args.clips,
         batch_size=args.batch_size,
         grid=_grid(args),
         n_shards=args.shards,
         shard=args.shard,
         out=args.out,
+        precision=args.precision,
+        compile=args.compile,
     )
 
 
 def _gather_args(p):
     p.add_argument("shards", type=Path, nargs="+", help="every shard~K.npz of one surface")
     p.add_argument("--out", type=Path, required=True, help="surface.h5")
-    p.add_argument("--contour", type=Path, help="also plot a contour PNG here")
-    p.add_argument("--surface3d", type=Path, help="also plot a 3-D surface PNG here")
+    p.add_argument(
+        "--contour", type=Path, nargs="+", help="also plot a contour here (.png, .svg, .pdf)"
+    )
+    p.add_argument(
+        "--surface3d", type=Path, nargs="+", help="also plot a 3-D surface here (.png, .svg)"
+    )
 
 
 @command(
@@ -322,65 +385,67 @@ def _surface_title(surface: Path) -> str:
 
 
 # --- measures beyond the landscape: Hessian, adaptive sharpness ------------------------------
-# Which options each measure takes (argparse dest -> option name); None on the command line
-# leaves the measure's own default (ascsharp.curvature.HessianOptions, ascsharp.adaptive.*).
-_MEASURE_OPTIONS = {
-    "hessian": ("top_k", "lanczos_tol", "trace_samples", "batch_size"),
-    "adaptive_average": ("rho", "samples", "plain", "parameters", "antithetic", "batch_size"),
-    "adaptive_worst": (
-        "rho",
-        "p",
-        "steps",
-        "restarts",
-        "m",
-        "step_size",
-        "plain",
-        "parameters",
-        "batch_size",
-    ),
+# Each measure's settings in the config (measures.<name>, minus `enabled`) are required options
+# of its job: the schema says which they are and holds their defaults. The variants below are
+# not in the config; left out, the measure's options class decides (ascsharp.adaptive).
+_MEASURE_VARIANTS = {
+    "hessian": (),
+    "adaptive_average": ("plain", "parameters", "antithetic"),
+    "adaptive_worst": ("plain", "parameters", "step_size"),
 }
 
 
+def _configured_options(measure: str) -> list[str]:
+    from .config import load_schema
+
+    section = load_schema()["properties"]["measures"]["properties"][measure]["properties"]
+    return [name for name in section if name != "enabled"]
+
+
 def _measure_args(p):
-    p.add_argument("--measure", choices=list(_MEASURE_OPTIONS), required=True)
+    p.add_argument("--measure", choices=list(_MEASURE_VARIANTS), required=True)
     p.add_argument("--model", type=Path, required=True, help="results/models/{run}/model.pt")
-    p.add_argument(
-        "--features-train",
-        type=Path,
-        required=True,
-        help="the feature store the model was trained from (train.npy, its .tsv beside it)",
-    )
+    _store_arguments(p, "features", "the train store's")
     p.add_argument(
         "--clips",
-        default="all",
-        help="N: a seeded subset of N of the model's training clips, the same for every "
-        "measure of a run; all: every one (default)",
+        type=_clip_count,
+        required=True,
+        help="N: a fixed seeded selection of N of the model's training clips, the same for every "
+        "measure of a run; all: every one",
     )
     p.add_argument("--out", type=Path, required=True, help="results/measures/{run}/{measure}.json")
-    p.add_argument("--seed", type=int, default=0, help="noise / start-vector seed (with the run)")
-    p.add_argument("--batch-size", type=int, help="clips per chunk: memory only (32 / 64)")
+    p.add_argument(
+        "--seed", type=int, required=True, help="noise / start-vector seed (with the run)"
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda when visible)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    g = p.add_argument_group("hessian")
-    g.add_argument("--top-k", type=int, help="top eigenvalues by Lanczos (5)")
-    g.add_argument("--lanczos-tol", type=float, help="ARPACK relative accuracy (1e-3)")
-    g.add_argument("--trace-samples", type=int, help="Hutchinson vectors (100)")
-    g = p.add_argument_group("adaptive sharpness (Andriushchenko et al. 2023)")
-    g.add_argument("--rho", type=float, help="radius / noise scale in |w| units (0.1)")
+    g = p.add_argument_group("settings of every measure (config: measures.<measure>)")
+    g.add_argument("--batch-size", type=int, help="clips per chunk: memory only")
+    g = p.add_argument_group("hessian (config: measures.hessian)")
+    g.add_argument("--top-k", type=int, help="top eigenvalues by Lanczos")
+    g.add_argument("--lanczos-tol", type=float, help="ARPACK relative accuracy")
+    g.add_argument("--trace-samples", type=int, help="Hutchinson vectors")
+    g = p.add_argument_group(
+        "adaptive sharpness, Andriushchenko et al. 2023 (config: measures.adaptive_average, "
+        "measures.adaptive_worst)"
+    )
+    g.add_argument("--rho", type=float, help="radius / noise scale in |w| units")
+    g.add_argument("--samples", type=int, help="average case: noise draws")
+    g.add_argument("--p", choices=["2", "inf"], help="worst case: norm of the ball")
+    g.add_argument("--steps", type=int, help="worst case: ascent steps per restart")
+    g.add_argument("--restarts", type=int, help="worst case: restarts per batch")
+    # Parsed in _measure: None must stay "not given", and `all` is None to the measure.
+    g.add_argument("--m", help="worst case: clips per batch; all: one batch")
+    g = p.add_argument_group("variants, not in the config (default: adaptive, all parameters)")
     g.add_argument("--plain", action="store_true", default=None, help="T_w = I instead of |w|")
     g.add_argument(
         "--parameters",
         choices=["all", "weights"],
-        help="perturb all parameters (default) or only tensors with >= 2 dimensions",
+        help="perturb all parameters or only tensors with >= 2 dimensions",
     )
-    g.add_argument("--samples", type=int, help="average case: noise draws (100)")
     g.add_argument(
         "--antithetic", action="store_true", default=None, help="average case: +delta and -delta"
     )
-    g.add_argument("--p", choices=["2", "inf"], help="worst case: norm of the ball (2)")
-    g.add_argument("--steps", type=int, help="worst case: ascent steps per restart (20)")
-    g.add_argument("--restarts", type=int, help="worst case: restarts per batch (3)")
-    g.add_argument("--m", help="worst case: clips per batch (m-sharpness, 128); all: one batch")
     g.add_argument("--step-size", type=float, help="worst case: first step length (2 rho)")
 
 
@@ -391,28 +456,32 @@ def _measure_args(p):
     _measure_args,
 )
 def _measure(args):
-    from .measures import parse_clips, run_measure
+    from .measure_job import run_measure
 
-    allowed = _MEASURE_OPTIONS[args.measure]
+    configured = _configured_options(args.measure)
+    allowed = {*configured, *_MEASURE_VARIANTS[args.measure]}
+    every = {d for m in _MEASURE_VARIANTS for d in (*_configured_options(m), *_MEASURE_VARIANTS[m])}
+    given = {d: getattr(args, d) for d in sorted(every) if getattr(args, d) is not None}
+    for dest in given.keys() - allowed:
+        raise ValueError(f"--{dest.replace('_', '-')} does not apply to --measure {args.measure}")
+    for dest in [d for d in configured if d not in given]:
+        raise ValueError(f"--{dest.replace('_', '-')} is required with --measure {args.measure}")
     options = {}
-    for dest in {d for names in _MEASURE_OPTIONS.values() for d in names}:
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if dest not in allowed:
-            flag = "--" + dest.replace("_", "-")
-            raise ValueError(f"{flag} does not apply to --measure {args.measure}")
+    for dest, value in given.items():
         if dest == "plain":
             options["adaptive"] = False
         elif dest == "m":
-            options["m"] = None if value == "all" else parse_clips(value)
+            try:
+                options["m"] = _clip_count(value)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"--m {e}") from None
         else:
             options[dest] = value
     run_measure(
         measure=args.measure,
         model_path=args.model,
-        features_train=args.features_train,
-        clips=parse_clips(args.clips),
+        store=_store(args, "features"),
+        clips=args.clips,
         out=args.out,
         options=options,
         seed=args.seed,
@@ -475,8 +544,11 @@ def _run_sharpness(args):
 # --- analysis ---------------------------------------------------------------------------------
 def _paper_table_args(p):
     p.add_argument("csv", type=Path, help="the paper's published results table")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--figures", action="store_true", help="also draw the figures into OUT/figures")
+    p.add_argument("--summary", type=Path, required=True, help="summary.tsv: the parsed table")
+    p.add_argument("--correlations", type=Path, required=True, help="correlations.tsv")
+    p.add_argument(
+        "--scatter", type=Path, nargs="+", help="also draw the scatter here (.png, .svg)"
+    )
 
 
 @command(
@@ -487,15 +559,15 @@ def _paper_table_args(p):
 def _paper_table(args):
     from .published import paper_table, read_paper_table
 
-    table = paper_table(args.csv, args.out)
+    table = paper_table(args.csv, args.summary, args.correlations)
     _paper_table_log_granulated(table)
-    if args.figures:
+    if args.scatter:
         from .figures import scatter_sharpness
 
         scatter_sharpness(
             read_paper_table(args.csv),
             "mean_sharpness",
-            out_png=args.out / "figures" / "scatter.png",
+            out_png=args.scatter,
             title="Published table (Milling et al., 2024)",
         )
 
@@ -521,9 +593,9 @@ def _summarize_args(p):
     p.add_argument("--metrics", type=Path, nargs="+", required=True, help="every metrics.json")
     p.add_argument("--sharpness", type=Path, nargs="+", required=True, help="every sharpness JSON")
     p.add_argument(
-        "--measures", type=Path, nargs="*", default=[], help="every results/measures JSON"
+        "--measures", type=Path, nargs="*", required=True, help="every results/measures JSON"
     )
-    p.add_argument("--exclude", default="[]", help="analysis.exclude as JSON")
+    p.add_argument("--exclude", required=True, help="analysis.exclude as JSON")
     p.add_argument("--out", type=Path, required=True, help="summary.tsv")
 
 
@@ -549,7 +621,9 @@ def _rank_args(p):
     p.add_argument("--bootstrap", type=int, required=True, help="bootstrap resamples for CIs")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="measure_ranking.tsv")
-    p.add_argument("--figure", type=Path, required=True, help="measure_ranking.png")
+    p.add_argument(
+        "--figure", type=Path, nargs="+", required=True, help="measure_ranking.png (and .svg)"
+    )
 
 
 @command(
@@ -610,40 +684,257 @@ def _correlate(args):
     write_table(args.out, run_correlations(summary, n_boot=args.bootstrap, seed=args.seed))
 
 
-def _figures_args(p):
-    p.add_argument("--summary", type=Path, required=True)
-    p.add_argument("--correlations", type=Path, required=True)
-    p.add_argument("--scatter", type=Path, required=True)
-    p.add_argument("--devices", type=Path, required=True)
-    p.add_argument("--heatmap", type=Path, required=True)
+# --- figures and report tables ----------------------------------------------------------------
+# Every figure option takes the same figure's paths in one or more formats (.png, .svg, .pdf).
+def _figure_option(p, name: str, what: str) -> None:
+    p.add_argument(f"--{name}", type=Path, nargs="+", required=True, help=f"{what} (.png, .svg)")
 
 
-@command(
-    "figures", "sharpness-accuracy scatter, per-device facets, correlation heat map", _figures_args
-)
-def _figures(args):
+def _read_table(path: Path, columns=()):
+    """A TSV written by the workflow, or a one-line error naming the file."""
     import pandas as pd
 
+    from .correlation import require_columns
+
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable TSV table ({e})") from None
+    require_columns(table, columns, str(path))
+    return table
+
+
+def _figure_runs(summary, subsets):
+    """The runs the figures show: the headline subset when it has enough runs for correlations,
+    else the next larger one; with too few runs everywhere, the largest, with a note."""
     from .correlation import MIN_RUNS
-    from .figures import correlation_heatmap, device_facets, scatter_sharpness
     from .progress import get_logger
     from .summary import SUBSETS, subset_runs
 
-    summary = pd.read_csv(args.summary, sep="\t")
-    corr = pd.read_csv(args.correlations, sep="\t")
-    # The headline subset when it has enough runs for correlations, else the next larger one;
-    # with too few runs everywhere, the largest, drawn with a note instead of failing.
-    sizes = {s: len(subset_runs(summary, s)) for s in SUBSETS if s in set(corr["subset"])}
+    sizes = {s: len(subset_runs(summary, s)) for s in SUBSETS if s in subsets}
     subset = next((s for s, n in sizes.items() if n >= MIN_RUNS), SUBSETS[-1])
     runs = subset_runs(summary, subset)
     note = None
     if len(runs) < MIN_RUNS:
         note = f"only {len(runs)} runs: correlations need at least {MIN_RUNS}"
         get_logger().warning("figures: %s; drawing the points without statistics", note)
+    return subset, runs, note
+
+
+def _figures_args(p):
+    p.add_argument("--summary", type=Path, required=True)
+    p.add_argument("--correlations", type=Path, required=True)
+    for name, what in (
+        ("scatter", "sharpness against accuracy, pooled"),
+        ("devices", "one panel per recording device"),
+        ("heatmap", "correlation heat map"),
+        ("by-optimizer", "seen/unseen facets per optimiser"),
+        ("by-arch", "seen/unseen facets per architecture"),
+        ("forest", "forest plot of the correlations"),
+        ("seeds", "sharpness per direction seed"),
+    ):
+        _figure_option(p, name, what)
+
+
+@command(
+    "figures",
+    "sharpness against accuracy (pooled, per device, per group), heat map, forest plot, seeds",
+    _figures_args,
+)
+def _figures(args):
+    from . import figures as fig
+    from .correlation import HEADLINE_MEASURE as measure
+    from .correlation import PAPER_TARGETS, TABLE_COLUMNS
+    from .meta import DEVICES
+    from .runs import RUN_KEYS
+
+    devices = [f"acc_{d}" for d in DEVICES]
+    needed = ["converged", "excluded", measure, *RUN_KEYS, *PAPER_TARGETS, *devices]
+    summary = _read_table(args.summary, needed)
+    if not summary.columns.str.startswith("sharpness_seed").any():
+        raise ValueError(f"{args.summary}: no sharpness_seed<d> column (one per direction seed)")
+    corr = _read_table(args.correlations, ["subset", *TABLE_COLUMNS])
+    subset, runs, note = _figure_runs(summary, set(corr["subset"]))
+    table = corr[corr["subset"] == subset]
     title = f"{len(runs)} runs ({subset})"
-    scatter_sharpness(runs, "mean_sharpness", out_png=args.scatter, title=title, note=note)
-    device_facets(runs, "mean_sharpness", args.devices, note=note)
-    correlation_heatmap(corr[corr["subset"] == subset], args.heatmap, note=note)
+    fig.scatter_sharpness(runs, measure, out_png=args.scatter, title=title, note=note)
+    fig.device_facets(runs, measure, args.devices, note=note)
+    fig.correlation_heatmap(table, args.heatmap, note=note)
+    fig.group_facets(runs, measure, "optimizer", args.by_optimizer, note=note)
+    fig.group_facets(runs, measure, "arch", args.by_arch, note=note)
+    fig.forest_plot(table, args.forest, note=note)
+    fig.seed_spread(runs, args.seeds, note=note)
+
+
+def _training_args(p):
+    p.add_argument("--history", type=Path, nargs="+", required=True, help="history.tsv per run")
+    p.add_argument(
+        "--metrics", type=Path, nargs="+", required=True, help="metrics.json per run, same order"
+    )
+    _figure_option(p, "out", "the figure")
+
+
+@command(
+    "training-curves",
+    "loss and accuracy per epoch of some runs (one optimiser's), selected epoch marked",
+    _training_args,
+)
+def _training_curves(args):
+    import pandas as pd
+
+    from .figures import run_label, training_curves, value_name
+
+    if len(args.history) != len(args.metrics):
+        raise ValueError(
+            f"--history has {len(args.history)} files, --metrics {len(args.metrics)}: "
+            "one of each per run, in the same order"
+        )
+    tables, optimizers = [], set()
+    for hist, path in zip(args.history, args.metrics, strict=True):
+        try:
+            metrics = json.loads(path.read_text())
+            run, epoch, split = metrics["hyperparameters"], metrics["epoch"], metrics["selected_on"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a metrics.json ({e})") from None
+        table = _read_table(hist, ["epoch", "train_loss", "select_loss"])
+        tables.append(table.assign(run=run_label(run), selected_epoch=epoch, selected_on=split))
+        optimizers.add(value_name(run["optimizer"]))
+    history = pd.concat(tables, ignore_index=True)
+    names = ", ".join(sorted(optimizers))
+    title = f"{names}: training curves of {len(tables)} runs (dotted: selected epoch)"
+    training_curves(history, args.out, title=title)
+
+
+def _montage_args(p):
+    p.add_argument("surfaces", type=Path, nargs="+", help="surface.h5 of every run to show")
+    p.add_argument("--radius", type=float, required=True, help="ε of the disk drawn")
+    _figure_option(p, "out", "the montage")
+
+
+@command(
+    "landscape-montage",
+    "every run's loss landscape as filled contours on one colour scale",
+    _montage_args,
+)
+def _landscape_montage(args):
+    from .figures import landscape_montage, value_name
+    from .runs import parse_run_id
+    from .surface import read_surface, surface_identity
+
+    surfaces, seeds = [], set()
+    for path in args.surfaces:
+        run, seed = surface_identity(path)
+        surfaces.append(({**parse_run_id(run), "run": run}, *read_surface(path)))
+        seeds.add(seed)
+    archs = ", ".join(sorted({value_name(hp["arch"]) for hp, *_ in surfaces}))
+    seed_text = ", ".join(map(str, sorted(seeds)))
+    title = f"{archs}: loss landscapes of {len(surfaces)} runs, direction seed {seed_text}"
+    landscape_montage(surfaces, args.out, radius=args.radius, title=title)
+
+
+def _views_args(p):
+    p.add_argument("surfaces", type=Path, nargs="+", help="every direction seed's surface.h5")
+    p.add_argument("--radius", type=float, required=True, help="ε of the disk drawn")
+    _figure_option(p, "slices", "1-D slices through the trained weights")
+    p.add_argument("--html", type=Path, required=True, help="interactive 3-D surfaces (HTML)")
+
+
+@command(
+    "landscape-views",
+    "one run's landscapes: 1-D slices and an interactive 3-D HTML page with the ε-disk",
+    _views_args,
+)
+def _landscape_views(args):
+    from .figures import landscape_slices, run_label
+    from .report_html import surface_html
+    from .runs import parse_run_id
+    from .surface import read_surface, surface_identity
+
+    surfaces, runs = [], set()
+    for path in args.surfaces:
+        run, seed = surface_identity(path)
+        runs.add(run)
+        surfaces.append((seed, *read_surface(path)))
+    if len(runs) != 1:
+        raise ValueError(f"{args.surfaces[0]}: the surfaces belong to {len(runs)} runs, not one")
+    title = run_label(parse_run_id(runs.pop()))
+    landscape_slices(sorted(surfaces, key=lambda s: s[0]), args.slices, radius=args.radius,
+                     title=f"{title}: slices through the trained weights")  # fmt: skip
+    surface_html(sorted(surfaces, key=lambda s: s[0]), args.html, radius=args.radius, title=title)
+
+
+def _compare_args(p):
+    p.add_argument("--summary", type=Path, required=True, help="our summary.tsv")
+    p.add_argument("--published", type=Path, required=True, help="the published results CSV")
+    p.add_argument("--table", type=Path, required=True, help="comparison TSV")
+    p.add_argument("--html", type=Path, required=True, help="the same table as an HTML page")
+    _figure_option(p, "figure", "ours against the published values")
+
+
+@command(
+    "compare-published",
+    "our runs against the published runs with the same hyperparameters",
+    _compare_args,
+)
+def _compare_published(args):
+    from .figures import paper_comparison
+    from .io import write_table
+    from .published import COMPARED, compare_with_published, read_paper_table
+    from .report_html import html_table
+    from .runs import RUN_KEYS
+
+    summary = _read_table(args.summary, ["run", *RUN_KEYS, *COMPARED])
+    table = compare_with_published(summary, read_paper_table(args.published))
+    write_table(args.table, table)
+    note = None
+    if table.empty:
+        note = "no run of this grid has the hyperparameters of a published run (paper preset)"
+    paper_comparison(table, args.figure, note=note)
+    html_table(
+        table,
+        args.html,
+        title="Ours against the published table, run by run",
+        caption=note or "Differences are ours minus published; accuracies as fractions.",
+    )
+
+
+def _tables_args(p):
+    p.add_argument("--summary", type=Path, required=True)
+    p.add_argument("--correlations", type=Path, required=True)
+    p.add_argument(
+        "--published-correlations", type=Path, required=True, help="results/paper/correlations.tsv"
+    )
+    p.add_argument("--summary-html", type=Path, required=True)
+    p.add_argument("--headline-html", type=Path, required=True)
+
+
+@command(
+    "report-tables",
+    "summary.tsv and the headline correlations as HTML tables for the report",
+    _tables_args,
+)
+def _report_tables(args):
+    from .report_html import headline_rows, html_table
+
+    summary = _read_table(args.summary, ["run"])
+    html_table(
+        summary,
+        args.summary_html,
+        title=f"summary.tsv: {len(summary)} runs",
+        caption="One row per run: hyperparameters, accuracies (fractions), every sharpness "
+        "variant and measure.",
+    )
+    headline = headline_rows(
+        _read_table(args.correlations, ["family"]),
+        _read_table(args.published_correlations, ["family"]),
+    )
+    html_table(
+        headline,
+        args.headline_html,
+        title="Headline correlations: mean sharpness against accuracy",
+        caption="The paper's claim, tested once per subset of runs: Holm-adjusted p-values "
+        "(p_holm) within these rows; ci_low/ci_high: 95 % bootstrap interval over runs.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

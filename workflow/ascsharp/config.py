@@ -1,7 +1,9 @@
-"""Configuration: schema validation with defaults and cross-field checks.
+"""Configuration: schema validation with defaults, renamed keys, and cross-field checks.
 
-Snakemake and the command line both go through `validate_config`, so a bad value is refused
-with the same one-line message (naming the key) wherever it comes from.
+The schema (config.schema.yaml) is the one source of every default. Snakemake validates the
+merged config files with `validate_config` (workflow/rules/common.smk) and passes each rule's
+settings to its `ascsharp` command as required options, so a bad value is refused here, with a
+one-line message naming the key, before any job starts.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ascsharp.progress import get_logger
 from ascsharp.runs import analysed_runs, expand_grid
 
 # The schema ships inside the package (package data), so an installed wheel validates exactly
 # as a checkout does; Snakemake reaches it through validate_config (workflow/rules/common.smk).
 SCHEMA_RESOURCE = "config.schema.yaml"
+# Keys renamed so that each word means one thing (docs/design.md, "Vocabulary"): old config
+# files keep working, with a deprecation note in the log. (section, old name) -> new name.
+RENAMED_KEYS = {
+    ("dataset", "sample_rate"): "audio_sample_rate",  # features.sample_rate is another rate
+    ("landscape", "subset"): "clips",  # a clip count, as measures.clips; "subset" = of runs
+}
 
 
 class ConfigError(ValueError):
@@ -61,9 +70,40 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return "".join(parts) or "(top level)"
 
 
+def schema_defaults() -> dict[str, Any]:
+    """Every section's defaults as the schema states them (the grid, which has none, left out).
+
+    For code outside the workflow (tests, benchmarks) that needs the workflow's settings.
+    """
+    config: dict[str, Any] = {}
+    validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
+    for _ in validator.iter_errors(config):
+        pass  # only `grid` is missing: filling the defaults is the point
+    return config
+
+
+def _rename_deprecated(config: dict[str, Any], source: str) -> None:
+    """Move renamed keys to their new names in place, with a note in the log.
+
+    The old key wins over the new one: config.yaml (always read first) sets every new name, so
+    an old name can only come from a file of the user's given after it.
+    """
+    for (section, old), new in RENAMED_KEYS.items():
+        settings = config.get(section)
+        if not isinstance(settings, dict) or old not in settings:
+            continue
+        value = settings.pop(old)
+        note = f"{source}: {section}.{old} is deprecated, renamed {section}.{new}"
+        if new in settings and settings[new] != value:
+            note += f" (its value {value!r} replaces {section}.{new}: {settings[new]!r})"
+        settings[new] = value
+        get_logger().warning("%s", note)
+
+
 def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     """Return a validated copy of `config` with defaults filled in, or raise ConfigError."""
     config = _copy(dict(config))
+    _rename_deprecated(config, source)
     validator = _with_defaults(jsonschema.Draft202012Validator)(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:

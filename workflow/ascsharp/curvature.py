@@ -46,14 +46,17 @@ from .seeds import generator
 class HessianOptions:
     """top_k eigenvalues to ARPACK relative accuracy `lanczos_tol` (ncv Lanczos vectors and
     maxiter restarts: scipy's defaults when None); `trace_samples` Hutchinson vectors;
-    `batch_size` clips per chunk of a Hessian-vector product (memory, not results)."""
+    `batch_size` clips per chunk of a Hessian-vector product (memory, not results).
 
-    top_k: int = 5
-    lanczos_tol: float = 1e-3
+    The first four are the config's `measures.hessian` (defaults in the schema); the Lanczos
+    knobs are not configurable and default to scipy's choice."""
+
+    top_k: int
+    lanczos_tol: float
+    trace_samples: int
+    batch_size: int
     lanczos_ncv: int | None = None
     lanczos_maxiter: int | None = None
-    trace_samples: int = 100
-    batch_size: int = 32
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.trace_samples < 1 or self.batch_size < 1:
@@ -96,6 +99,18 @@ def hessian_operator(model: nn.Module, x: Tensor, y: Tensor, batch_size: int):
     )
 
 
+def _hvp_flops(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """FLOPs of one Hessian-vector product on one clip, as measures.measure_flops counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    like = next(model.parameters())
+    xb, yb = _batch(x, y, 0, 1, like)
+    with FlopCounterMode(display=False) as counter:
+        op = hessian_operator(model, xb, yb, batch_size=1)
+        op @ torch.zeros(op.shape[1], dtype=like.dtype, device=like.device)
+    return float(counter.get_total_flops())
+
+
 def rademacher(n: int, gen: torch.Generator, like: Tensor) -> Tensor:
     """n independent +-1 entries from a CPU generator, in `like`'s dtype and device."""
     v = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).to(like.dtype) * 2 - 1
@@ -129,7 +144,10 @@ def hessian(
         raise ValueError(f"top_k={opts.top_k} must be < the {n_params} parameters (ARPACK)")
     cost = Cost()
     with frozen_eval(model, params):
-        cost.flops_per_clip = measure_flops(model, x, y, ["forward", "hvp"])
+        cost.flops_per_clip = {
+            **measure_flops(model, x, y, ["forward"]),
+            "hvp": _hvp_flops(model, x, y),
+        }
         fp = partial_fingerprint("hessian", model, x, y, opts, seed, cross_entropy)
         part = Partial(partial_path, fp, log)
         op = hessian_operator(model, x, y, opts.batch_size)

@@ -1,8 +1,16 @@
-"""Partitions of the feature stores, loaded whole into memory (on the GPU when present).
+"""Splits of the feature stores, loaded whole into memory (on the GPU when present).
 
-Partitions: `train` (fold1_train minus the validation hold-out), `validation` (the hold-out),
-`train_all` (all of fold1_train, used by the paper's selection mode) and `test` (fold1_evaluate).
-The hold-out is an index (results/features/validation.tsv), never a copy of features.
+A *store* is one fold's features on disk: the (clips, n_mels, frames) array and its clip index,
+as `ascsharp features` writes them (`train.npy`/`.tsv` from fold1_train, `test.npy`/`.tsv` from
+fold1_evaluate). A *split* is a set of clips that training, selection or evaluation works on:
+
+    train       fold1_train minus the validation hold-out
+    validation  the hold-out: whole recording locations of fold1_train (validation.tsv)
+    train_all   all of fold1_train (what the paper's selection mode trains on)
+    test        all of fold1_evaluate
+
+The hold-out is an index into the train store, never a copy of features. Every file is named
+by the caller (the rules pass their declared inputs); nothing here builds a path.
 """
 
 from __future__ import annotations
@@ -17,12 +25,23 @@ import torch
 from .features import load_features
 from .meta import SCENES
 
-PARTITIONS = ("train", "validation", "train_all", "test")
+SPLITS = ("train", "validation", "train_all", "test")
 _SCENE_INDEX = {s: i for i, s in enumerate(SCENES)}
 
 
+@dataclass(frozen=True)
+class Store:
+    """One feature store: the array and its clip index (same row order)."""
+
+    npy: Path
+    tsv: Path
+
+    def load(self) -> tuple[np.ndarray, pd.DataFrame]:
+        return load_features(self.npy, self.tsv)
+
+
 @dataclass
-class Partition:
+class Clips:
     """Features (N, n_mels, frames) in their stored dtype, labels (N,), and the clip table."""
 
     x: torch.Tensor
@@ -32,75 +51,67 @@ class Partition:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: str | torch.device) -> Partition:
-        return Partition(self.x.to(device), self.y.to(device), self.table)
+    def to(self, device: str | torch.device) -> Clips:
+        return Clips(self.x.to(device), self.y.to(device), self.table)
 
 
-def holdout_rows(features_dir: Path, table: pd.DataFrame) -> np.ndarray:
-    """Boolean mask over the rows of train.tsv (`table`): True for the validation hold-out."""
-    path = Path(features_dir) / "validation.tsv"
+def holdout_rows(holdout: str | Path, store: Store, table: pd.DataFrame) -> np.ndarray:
+    """Boolean mask over the rows of the train store (`table`): True for the hold-out."""
+    path = Path(holdout)
     try:
-        holdout = pd.read_csv(path, sep="\t")
+        held = pd.read_csv(path, sep="\t")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (rule validation_split makes it)") from None
-    if "filename" not in holdout.columns:
+    if "filename" not in held.columns:
         raise ValueError(f"{path}: column 'filename' missing")
-    unknown = set(holdout["filename"]) - set(table["filename"])
+    unknown = set(held["filename"]) - set(table["filename"])
     if unknown:
-        raise ValueError(f"{path}: {sorted(unknown)[0]} is not in train.tsv")
-    return table["filename"].isin(set(holdout["filename"])).to_numpy()
+        raise ValueError(f"{path}: {sorted(unknown)[0]} is not in {store.tsv}")
+    return table["filename"].isin(set(held["filename"])).to_numpy()
 
 
-def load_partition(
-    features_dir: str | Path, partition: str, subset: int | None = None, seed: int = 0
-) -> Partition:
-    """Load one partition into memory; `subset` keeps a fixed random subset of that many clips."""
-    features_dir = Path(features_dir)
-    if partition not in PARTITIONS:
-        raise ValueError(f"unknown partition {partition!r}: expected one of {PARTITIONS}")
-    store = "test" if partition == "test" else "train"
-    features, table = load_features(features_dir / f"{store}.npy", features_dir / f"{store}.tsv")
+def load_split(split: str, *, train: Store, test: Store, holdout: str | Path) -> Clips:
+    """One split (see the module docstring) into memory, from the train or the test store."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {SPLITS}")
+    store = test if split == "test" else train
+    features, table = store.load()
     mask = np.ones(len(table), dtype=bool)
-    if partition in ("train", "validation"):
-        held = holdout_rows(features_dir, table)
-        mask = held if partition == "validation" else ~held
-    return _partition(
-        features, table, mask, subset, seed, f"{features_dir}: partition {partition!r}"
-    )
+    if split in ("train", "validation"):
+        held = holdout_rows(holdout, store, table)
+        mask = held if split == "validation" else ~held
+    return _select(features, table, mask, None, 0, f"{store.npy}: split {split!r}")
 
 
-def load_clips(
-    features_dir: str | Path,
-    store: str,
-    filenames: list[str],
-    subset: int | None = None,
-    seed: int = 0,
-) -> Partition:
-    """Exactly the named clips of one store (e.g. the clips a model was trained on, as its
-    checkpoint lists them), so that a surface and its model can never disagree about the data."""
-    features_dir = Path(features_dir)
-    features, table = load_features(features_dir / f"{store}.npy", features_dir / f"{store}.tsv")
+def load_clips(store: Store, filenames: list[str] | None, clips: int | None, seed: int) -> Clips:
+    """The named clips of one store (e.g. those a model was trained on, as its checkpoint lists
+    them; None: all of them), so that a surface and its model can never disagree about the
+    data. `clips` keeps a fixed selection of that many of them, drawn with `seed`."""
+    features, table = store.load()
+    if filenames is None:
+        return _select(features, table, np.ones(len(table), dtype=bool), clips, seed,
+                       f"{store.npy}: all clips")  # fmt: skip
     mask = table["filename"].isin(set(filenames)).to_numpy()
     if mask.sum() != len(set(filenames)):
         absent = sorted(set(filenames) - set(table["filename"]))
-        raise ValueError(f"{features_dir / f'{store}.tsv'}: lacks clip {absent[0]} of the model")
-    return _partition(features, table, mask, subset, seed, f"{features_dir}: {store} clips")
+        raise ValueError(f"{store.tsv}: lacks clip {absent[0]} of the model")
+    return _select(features, table, mask, clips, seed, f"{store.npy}: the model's clips")
 
 
-def _partition(
+def _select(
     features: np.ndarray,
     table: pd.DataFrame,
     mask: np.ndarray,
-    subset: int | None,
+    clips: int | None,
     seed: int,
     what: str,
-) -> Partition:
+) -> Clips:
     rows = np.flatnonzero(mask)
-    if subset is not None and subset < len(rows):
+    if clips is not None and clips < len(rows):
         rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(rows, size=subset, replace=False))
+        rows = np.sort(rng.choice(rows, size=clips, replace=False))
     if len(rows) == 0:
         raise ValueError(f"{what} is empty")
     x = torch.from_numpy(np.ascontiguousarray(features[rows]))
     y = torch.tensor([_SCENE_INDEX[s] for s in table["scene"].iloc[rows]], dtype=torch.long)
-    return Partition(x, y, table.iloc[rows].reset_index(drop=True))
+    return Clips(x, y, table.iloc[rows].reset_index(drop=True))

@@ -24,11 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from ascsharp.io import previous_marker, publish_dir
-from ascsharp.meta import validate_dataset
+from ascsharp.meta import DOWNLOAD_MARKER, validate_dataset
 from ascsharp.progress import Progress, get_logger
 
-ZENODO_API = "https://zenodo.org/api/records/3819968"
-MARKER = ".ascsharp-download.json"
 USER_AGENT = "ascsharp-download (urllib)"
 TIMEOUT_S = 60
 MIB = 1 << 20
@@ -235,11 +233,12 @@ def download_dataset(
         for z in zips:
             _unpack(z, tmp)
             unpacking.update(1, z.name)
-        folds = validate_dataset(tmp)  # a broken download never becomes `root`
+        # A broken download never becomes `root`. Rate and length are the features job's check.
+        folds = validate_dataset(tmp, audio_sample_rate=None, clip_seconds=None)
         log.info(
             "%s: train %d, evaluate %d clips", root, len(folds["train"]), len(folds["evaluate"])
         )
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        (tmp / DOWNLOAD_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         publish_dir(tmp, root)
     finally:
         if tmp.exists():
@@ -248,9 +247,11 @@ def download_dataset(
 
 def _previous_download(root: Path, marker: dict) -> bool:
     """True if `root` holds a complete download of this record; False if absent or empty."""
-    stored = previous_marker(root, MARKER, "download")
+    stored = previous_marker(root, DOWNLOAD_MARKER, "download")
     if stored is not None and stored.get("files") != marker["files"]:
-        raise ValueError(f"{root}: holds a download of other files ({root / MARKER}); delete it")
+        raise ValueError(
+            f"{root}: holds a download of other files ({root / DOWNLOAD_MARKER}); delete it"
+        )
     return stored is not None
 
 

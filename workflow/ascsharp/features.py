@@ -1,4 +1,4 @@
-"""Log-mel features (PANNs front end at 16 kHz) and the per-split feature store.
+"""Log-mel features (PANNs front end at 16 kHz) and the feature store of each fold.
 
 The spectrogram is the one the paper's PANNs models were trained on: STFT n_fft 512 (Hann),
 hop 160, centred with reflect padding, power 2, 64 Slaney mel bands over 50-8000 Hz, then
@@ -11,7 +11,7 @@ accurate choice (soxr, librosa's default, is closer to an ideal band-limited res
 3.4e-3 max error on band-limited noise), but on white noise the two differ by up to 2.2 dB in
 the mean of the top mel bands, so changing it would change the study's inputs.
 
-A split is stored as ONE contiguous ``.npy`` array (N, n_mels, frames), read back as a memory
+A fold's store is ONE contiguous ``.npy`` array (N, n_mels, frames), read back as a memory
 map, plus an index TSV (the clip table with a ``row`` column) in the same row order.
 """
 
@@ -42,14 +42,15 @@ _TEXT_COLUMNS = ("filename", "scene", "city", "location", "segment", "device")
 
 @dataclass(frozen=True)
 class MelConfig:
-    """Front-end parameters; the defaults are the paper's (PANNs at 16 kHz)."""
+    """Front-end parameters: the config's `features` section (defaults, the paper's, in the
+    schema). `sample_rate` is the rate the features are computed at (the WAVs are resampled)."""
 
-    sample_rate: int = 16000
-    n_fft: int = 512
-    hop_length: int = 160
-    n_mels: int = 64
-    fmin: float = 50.0
-    fmax: float = 8000.0
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    fmin: float
+    fmax: float
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
@@ -74,9 +75,9 @@ class LogMel(torch.nn.Module):
     to that dtype but moved nowhere: put the module on the waveform's device.
     """
 
-    def __init__(self, cfg: MelConfig | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: MelConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.cfg = cfg or MelConfig()
+        self.cfg = cfg
         # torchaudio builds the window and filterbank in the default dtype; in float32 the
         # filterbank's small edge weights lose up to 0.3 % to cancellation, which moves quiet
         # bands by up to ~0.2 dB against librosa. Built in float64, then cast to float32 below,
@@ -156,19 +157,20 @@ def _fit_length(x: torch.Tensor, n: int, tolerance: int, path: Path, sr: int) ->
     return torch.nn.functional.pad(x, (0, n - x.shape[-1]))
 
 
-def extract_split(
+def extract_store(
     root: str | Path,
     table: pd.DataFrame,
     out_npy: str | Path,
     out_tsv: str | Path,
     cfg: MelConfig,
     *,
-    dtype: str = "float32",
+    dtype: str,
+    clip_seconds: float | None,
     threads: int = 1,
-    clip_seconds: float | None = None,
     tolerance_seconds: float = 0.1,
 ) -> None:
-    """Write the log-mels of every clip of `table` to one (N, n_mels, frames) array + index TSV.
+    """Write the log-mels of every clip of `table` (one fold) to one (N, n_mels, frames) array
+    and its index TSV: the fold's feature store.
 
     Every clip is padded/trimmed to the sample count of `clip_seconds` (or of the first clip),
     so the store is one rectangular array; a clip off by more than `tolerance_seconds` is an
@@ -260,10 +262,10 @@ class _Ticker:
 def load_features(
     npy: str | Path, tsv: str | Path, mmap: bool = True
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """The split's feature array (a read-only memory map by default) and its index table.
+    """A store's feature array (a read-only memory map by default) and its index table.
 
-    One map for the whole split: the OS pages in what a batch touches, so a 3.6 GB training
-    split costs no RAM up front and many processes share the page cache.
+    One map for the whole store: the OS pages in what a batch touches, so a 3.6 GB training
+    store costs no RAM up front and many processes share the page cache.
     """
     npy, tsv = Path(npy), Path(tsv)
     for p in (npy, tsv):

@@ -16,9 +16,10 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,18 +30,34 @@ from ascsharp.io import atomic_path, read_partial, write_partial
 from ascsharp.models import PannsCnn, fold_batchnorm, refold_
 from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed, generator
-from ascsharp.surface import SPLITS, Grid, shard_indices, write_shard
+from ascsharp.surface import SURFACE_SPLITS, Grid, shard_indices, write_shard
+
+if TYPE_CHECKING:  # data imports torchaudio, which `ascsharp directions` does not need
+    from ascsharp.data import Store
 
 PURPOSE = "landscape"
-# Forward precision of a grid point: float32 (default), or autocast to a 16-bit type.
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Forward precision of a grid point. "float32" is IEEE single precision everywhere: on CUDA,
+# PyTorch would otherwise run float32 convolutions on TF32 tensor cores (10-bit mantissa).
+# "tf32" allows that; "bfloat16"/"float16" autocast the forward. The loss is always summed in
+# float64. CPUs have no TF32, so there "tf32" is float32. bench_precision.py measures each.
+PRECISIONS = {"float32": None, "tf32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+@contextlib.contextmanager
+def forward_precision(device: torch.device, precision: str):
+    """Run the enclosed forward passes at `precision` (a key of PRECISIONS), then restore."""
+    dtype = PRECISIONS[precision]  # callers check the name (evaluate_points, the CLI)
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    try:
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(device.type, dtype=dtype):
+                yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,18 +177,19 @@ def _check_directions(params: list[nn.Parameter], d: Sequence[Tensor], name: str
 
 
 def _partial_fingerprint(
-    model: nn.Module, dx, dy, x: Tensor, y: Tensor, grid: Grid, indices: np.ndarray
+    model: nn.Module, dx, dy, x: Tensor, y: Tensor, grid: Grid, indices: np.ndarray, precision: str
 ) -> str:
     h = hashlib.sha256()
     h.update(surface_fingerprint(model, dx, dy).encode())
     h.update(fingerprint([x, y]).encode())
     h.update(json.dumps(grid.to_dict(), sort_keys=True).encode())
     h.update(np.asarray(indices, dtype=np.int64).tobytes())
+    h.update(precision.encode())
     return h.hexdigest()
 
 
 def _load_partial(path: Path, fp: str) -> dict[int, tuple[float, float]]:
-    done = read_partial(path, fp, "landscape", "grid/directions/weights/data/indices")
+    done = read_partial(path, fp, "landscape", "grid/directions/weights/data/indices/precision")
     return {int(k): (float(v[0]), float(v[1])) for k, v in done.items()}
 
 
@@ -195,6 +213,7 @@ def evaluate_points(
     save_every: int = 4,
     fold_bn: bool = True,
     precision: str = "float32",
+    compile: bool = False,
 ) -> dict[int, tuple[float, float]]:
     """Loss and accuracy at the given flat grid indices: {p: (mean cross-entropy, accuracy)}.
 
@@ -205,10 +224,12 @@ def evaluate_points(
     With `partial_path`, finished points are saved there every `save_every` points and a rerun
     skips them; the file is tied to the model, directions, data, grid and indices.
     With `fold_bn` (CNN10/CNN14 only), each point is evaluated on a copy of the perturbed model
-    whose BatchNorms are folded into their convolutions, in channels-last layout: the same loss
-    up to float rounding, at a fraction of the time (see tests/benchmarks/bench_landscape.py).
-    `precision` "bfloat16" or "float16" runs the forward under autocast (the loss is still
-    summed in float64); what that does to a surface is measured by bench_precision.py.
+    whose BatchNorms are folded into their convolutions: the same loss up to float rounding, at
+    a fraction of the time (see tests/benchmarks/bench_landscape.py). `compile` runs that
+    forward through torch.compile (fused BN/ReLU/layout kernels: 2x on an H200, measured).
+    On CUDA, cuDNN times its kernels once per shape (cudnn.benchmark): 5x for float32 there.
+    `precision` is a key of PRECISIONS (see there); what each does to a surface is measured by
+    tests/benchmarks/bench_precision.py.
     """
     log = log or get_logger()
     indices = np.asarray(list(indices), dtype=np.int64)
@@ -232,7 +253,7 @@ def evaluate_points(
     partial = Path(partial_path) if partial_path is not None else None
     fp = ""
     if partial is not None:
-        fp = _partial_fingerprint(model, dx, dy, x, y, grid, indices)
+        fp = _partial_fingerprint(model, dx, dy, x, y, grid, indices, precision)
         if partial.exists():
             wanted = set(indices.tolist())
             done = {p: v for p, v in _load_partial(partial, fp).items() if p in wanted}
@@ -244,12 +265,19 @@ def evaluate_points(
     dxs = [d.to(device=device, dtype=p.dtype) for d, p in zip(dx, params, strict=True)]
     dys = [d.to(device=device, dtype=p.dtype) for d, p in zip(dy, params, strict=True)]
     w0 = [p.detach().clone() for p in params]
-    folded = None
-    if fold_bn and isinstance(model, PannsCnn):
-        folded = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    folded = fold_batchnorm(model) if fold_bn and isinstance(model, PannsCnn) else None
+    forward = model if folded is None else folded
+    if compile:
+        # NCHW: the layout measured compiled; eager, channels-last pays (oneDNN, cuDNN).
+        forward = torch.compile(forward, dynamic=False)
+    elif folded is not None:
+        forward = folded.to(memory_format=torch.channels_last)
+    autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = autotune or device.type == "cuda"  # fixed shapes: pays
     todo = [int(p) for p in indices if int(p) not in done]
     progress = Progress(len(indices), "points", logger=log, done=len(done))
     unsaved = 0
+    started = time.perf_counter()
     try:
         with torch.no_grad():
             for p in todo:
@@ -260,18 +288,23 @@ def evaluate_points(
                     w.add_(b, alpha=beta)
                 if folded is not None:
                     refold_(folded, model)
-                with torch.inference_mode(), _autocast(device, precision):
-                    logits = predict(model if folded is None else folded, x, batch_size)
+                with torch.inference_mode(), forward_precision(device, precision):
+                    logits = predict(forward, x, batch_size)
                     loss, acc = loss_and_accuracy(logits, y)
                 for w, w_init in zip(params, w0, strict=True):
                     w.copy_(w_init)
                 done[p] = (loss, acc)
+                if p == todo[0]:  # start-up that the grid pays once: worth seeing in the log
+                    first = time.perf_counter() - started
+                    why = "kernel choice" + (", compilation" if compile else "")
+                    log.info("first point took %.1f s (%s)", first, why)
                 unsaved += 1
                 if partial is not None and unsaved >= save_every:
                     _save_partial(partial, fp, done)
                     unsaved = 0
                 progress.update(1, f"(alpha={alpha:+.4f}, beta={beta:+.4f}) loss={done[p][0]:.5g}")
     finally:
+        torch.backends.cudnn.benchmark = autotune
         with torch.no_grad():
             for w, w_init in zip(params, w0, strict=True):
                 w.copy_(w_init)
@@ -296,14 +329,16 @@ def evaluate_shard(
     *,
     model_path: str | Path,
     directions_path: str | Path,
-    features_dir: str | Path,
+    store: Store,
     split: str,
-    subset: int | None,
+    clips: int | None,
     batch_size: int,
     grid: Grid,
     n_shards: int,
     shard: int,
     out: str | Path,
+    precision: str,
+    compile: bool,
     device: str | torch.device | None = None,
 ) -> None:
     """One landscape job: load model, directions and clips, evaluate this shard, write it.
@@ -311,26 +346,27 @@ def evaluate_shard(
     `split` "train" means exactly the clips the model was trained on, as listed in model.pt (all
     of fold1_train with the paper's selection, fold1_train minus the hold-out otherwise): the
     surface can never be computed on data the model did not fit. "test" is the test fold.
+    `store` is the feature store that holds the split (train.npy/.tsv or test.npy/.tsv);
+    `clips` keeps a fixed selection of that many of the split's clips (None: all).
     Finished points go to `<out>.partial.json` as they are done, so a killed job rerun with the
     same inputs picks up where it stopped; the file is removed once the shard is written.
+    `compile` applies on CUDA only: on a CPU its minute of compilation was not measured to pay.
     """
     from .checkpoint import load_model
-    from .data import load_clips, load_partition
+    from .data import load_clips
 
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r}: expected one of {SPLITS}")
-    device = device or pick_device()
+    if split not in SURFACE_SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SURFACE_SPLITS}")
+    device = torch.device(device or pick_device())
     model, ckpt = load_model(model_path, device)
     dx, dy, meta = load_directions(directions_path)
     if meta.get("run") != ckpt["run"]:
         raise ValueError(f"{directions_path}: directions of run {meta.get('run')!r}, "
                          f"model {model_path} is run {ckpt['run']!r}")  # fmt: skip
-    # The subset is fixed per run (not per direction seed), so all surfaces of a run agree.
+    # The selection of clips is fixed per run (not per direction seed), so all surfaces of a run
+    # agree. (Purpose "subset": the stream's name is part of the numbers, so it stays.)
     seed = derive_seed(ckpt["run"], "subset")
-    if split == "train":
-        data = load_clips(features_dir, "train", ckpt["train_clips"], subset, seed)
-    else:
-        data = load_partition(features_dir, "test", subset, seed)
+    data = load_clips(store, ckpt["train_clips"] if split == "train" else None, clips, seed)
     indices = shard_indices(grid.n_points, n_shards, shard)
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")
@@ -341,7 +377,8 @@ def evaluate_shard(
              grid.n_points, len(data), split, device, _seconds_since_process_start())  # fmt: skip
     results = evaluate_points(
         model, dx, dy, data.x.to(device), data.y.to(device), grid, indices,
-        batch_size=batch_size, device=device, partial_path=partial, log=log,
+        batch_size=batch_size, device=device, partial_path=partial, log=log, precision=precision,
+        compile=compile and device.type == "cuda",
     )  # fmt: skip
     write_shard(out, grid, indices, results, {
         "run": ckpt["run"],
@@ -350,7 +387,8 @@ def evaluate_shard(
         "n_shards": n_shards,
         "shard": shard,
         "split": split,
-        "subset": subset,
+        "clips_requested": clips,
         "clips": len(data),
+        "precision": precision,
     })  # fmt: skip
     partial.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Sharpness measures beyond the landscape, one JSON file per run and measure.
+"""What the sharpness measures beyond the landscape share (one JSON file per run and measure).
 
 Three measures of a trained model, on the clips it was trained on, model in eval mode (BN uses
 its running statistics, which are never changed):
@@ -9,8 +9,8 @@ its running statistics, which are never changed):
   sharpness of Andriushchenko et al. (ICML 2023), with the plain (non-adaptive) variants.
 
 This module holds what they share: the loss over a set of clips (summed per clip, divided by
-the clip count, as the landscape), gradients, the cost ledger (passes and FLOPs), the partial
-files that make a killed job resumable, and `run_measure`, the `ascsharp measure` job.
+the clip count, as the landscape), gradients, the cost ledger (passes and FLOPs) and the partial
+files that make a killed job resumable. The `ascsharp measure` job is `ascsharp.measure_job`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .io import read_partial, write_json, write_partial
-from .progress import get_logger
-
-MEASURES = ("hessian", "adaptive_average", "adaptive_worst")
-# One subset per run, shared by all its measures (not per measure), so they see the same clips.
-SUBSET_PURPOSE = "measure-subset"
+from .io import read_partial, write_partial
 
 # Per-clip loss: (outputs, labels) -> (n,) losses. Mean cross-entropy over clips by default.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -97,7 +92,8 @@ class Cost:
 def measure_flops(
     model: nn.Module, x: Tensor, y: Tensor, kinds: Sequence[str], loss_fn: LossFn = cross_entropy
 ) -> dict[str, float]:
-    """FLOPs per clip of a forward pass, a forward+backward pass and/or an HVP, on one clip.
+    """FLOPs per clip of a forward pass and/or a forward+backward pass, on one clip (an HVP's:
+    ascsharp.curvature).
 
     Matmul and convolution FLOPs grow linearly with the clips in a batch, so one clip times
     the clip count is the cost of the whole set. Parameters are left untouched.
@@ -114,11 +110,6 @@ def measure_flops(
                     model(xb)
             elif kind == "gradient":
                 torch.autograd.grad(loss_fn(model(xb), yb).sum(), params)
-            elif kind == "hvp":
-                from .curvature import hessian_operator
-
-                op = hessian_operator(model, xb, yb, batch_size=1)
-                op @ torch.zeros(op.shape[1], dtype=params[0].dtype, device=params[0].device)
             else:
                 raise ValueError(f"unknown FLOP kind {kind!r}")
         out[kind] = float(counter.get_total_flops())
@@ -262,113 +253,3 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     se = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else math.nan
     return float(a.mean()), se
-
-
-# ---------------------------------------------------------------------------------------------
-# The `ascsharp measure` job
-
-
-def parse_clips(text: str) -> int | None:
-    """`all` -> None (every training clip), else a positive clip count."""
-    if text == "all":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"--clips {text!r}: expected a positive integer or 'all'") from None
-    if n < 1:
-        raise ValueError(f"--clips {n}: must be >= 1")
-    return n
-
-
-def clips_digest(filenames: Sequence[str]) -> str:
-    """sha256 of the clip names in order: equal digests mean the same clips."""
-    return hashlib.sha256("\n".join(filenames).encode()).hexdigest()
-
-
-def run_measure(
-    *,
-    measure: str,
-    model_path: str | Path,
-    features_train: str | Path,
-    clips: int | None,
-    out: str | Path,
-    options: dict[str, Any],
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    on_unit: UnitHook | None = None,
-) -> dict[str, Any]:
-    """One measure of one model, written atomically to `out` (JSON); returns what it wrote.
-
-    The clips are those the model was trained on (the list in model.pt), or a subset of
-    `clips` of them drawn with derive_seed(run, "measure-subset"): the same clips for every
-    measure of a run. Noise and Lanczos start vectors come from derive_seed(run, measure,
-    seed). Finished units go to `<out>.partial.json`, removed once `out` is written.
-    """
-    from .checkpoint import load_model
-    from .data import load_clips
-    from .evaluate import pick_device
-    from .io import provenance
-    from .seeds import derive_seed
-    from .sharpness import json_safe
-
-    if measure not in MEASURES:
-        raise ValueError(f"measure {measure!r}: expected one of {MEASURES}")
-    features_train = Path(features_train)
-    if features_train.suffix != ".npy":
-        raise ValueError(f"{features_train}: expected the feature store's .npy (e.g. train.npy)")
-    device = torch.device(device or pick_device())
-    log = get_logger()
-    model, ckpt = load_model(model_path, device)
-    run = ckpt["run"]
-    subset_seed = derive_seed(run, SUBSET_PURPOSE)
-    data = load_clips(
-        features_train.parent, features_train.stem, ckpt["train_clips"], clips, subset_seed
-    )
-    stream_seed = derive_seed(run, measure, seed)
-    out = Path(out)
-    partial = out.with_name(out.name + ".partial.json")
-    log.info("%s: %s on %d of the model's %d training clips, on %s",
-             run, measure, len(data), len(ckpt["train_clips"]), device)  # fmt: skip
-    fn = _measure_function(measure)
-    result = fn(model, data.x.to(device), data.y.to(device), options, stream_seed, log,
-                partial_path=partial, on_unit=on_unit)  # fmt: skip
-    names = data.table["filename"].tolist()
-    doc = {
-        "run": run,
-        "measure": measure,
-        "values": result["values"],
-        "options": result["options"],
-        "seed": seed,
-        "stream_seed": stream_seed,
-        "clips": {
-            "n": len(data),
-            "requested": "all" if clips is None else clips,
-            "trained_on": len(ckpt["train_clips"]),
-            "subset_seed": subset_seed,
-            "store": str(features_train),
-            "filenames_sha256": clips_digest(names),
-        },
-        "model": str(model_path),
-        "cost": result["cost"],
-        "provenance": provenance(),
-    }
-    doc = json_safe(doc)  # strict JSON: NaN (se of one batch) and inf become null
-    write_json(out, doc)
-    partial.unlink(missing_ok=True)
-    c = result["cost"]
-    log.info("%s: %s done in %.1f s: %d forward, %d gradient, %d HVP clip passes, %.3g FLOPs",
-             run, measure, c["wall_s"], c["forward_clips"], c["gradient_clips"], c["hvp_clips"],
-             c["flops"])  # fmt: skip
-    return doc
-
-
-def _measure_function(measure: str) -> Callable[..., dict[str, Any]]:
-    # Imported here: curvature and adaptive import this module.
-    if measure == "hessian":
-        from .curvature import hessian
-
-        return hessian
-    from .adaptive import adaptive_average, adaptive_worst
-
-    return adaptive_average if measure == "adaptive_average" else adaptive_worst

@@ -50,6 +50,10 @@ FOLD_FILES = {
     "test": ("evaluation_setup/fold1_test.csv", ["filename"]),
 }
 META_FILE = "meta.csv"
+# Written by `ascsharp synth` / `ascsharp download` into the folder they publish, last: the one
+# file that stands for a generated or downloaded set (common.smk makes it the features' input).
+SYNTHETIC_MARKER = ".ascsharp-synthetic.json"
+DOWNLOAD_MARKER = ".ascsharp-download.json"
 META_COLUMNS = ["filename", "scene_label", "identifier", "source_label"]
 # Columns of every clip table the workflow passes around (features index, metrics).
 CLIP_COLUMNS = ["filename", "scene", "city", "location", "segment", "device", "seen"]
@@ -154,11 +158,15 @@ def read_fold(root: str | Path, fold: str) -> pd.DataFrame:
 
 def validate_dataset(
     root: str | Path,
-    sample_rate: int | None = None,
-    clip_seconds: float | None = None,
+    *,
+    audio_sample_rate: int | None,
+    clip_seconds: float | None,
     tolerance_seconds: float = 0.1,
 ) -> dict[str, pd.DataFrame]:
     """Check the whole layout before any work is done; return the train and evaluate folds.
+
+    Every WAV must have `audio_sample_rate` and last `clip_seconds` (± `tolerance_seconds`);
+    None skips that check.
 
     Reads only WAV headers, so it is cheap even for the real 16,930-clip set. A file that the
     decoder cannot open later is still reported by name by the feature extraction.
@@ -193,8 +201,8 @@ def validate_dataset(
                 raise DatasetError(f"{path}: unreadable audio ({e})") from None
             if info.channels != 1:
                 raise DatasetError(f"{path}: {info.channels} channels, expected mono")
-            if sample_rate is not None and info.samplerate != sample_rate:
-                raise DatasetError(f"{path}: {info.samplerate} Hz, expected {sample_rate} Hz")
+            if audio_sample_rate is not None and info.samplerate != audio_sample_rate:
+                raise DatasetError(f"{path}: {info.samplerate} Hz, expected {audio_sample_rate} Hz")
             if clip_seconds is not None and abs(info.duration - clip_seconds) > tolerance_seconds:
                 raise DatasetError(
                     f"{path}: {info.duration:.3f} s long, expected {clip_seconds} s "

@@ -66,7 +66,7 @@ class PannsCnn(nn.Module):
     Logits, not PANNs' sigmoid: the paper trains single-label scenes with cross-entropy.
     """
 
-    def __init__(self, spec: ArchSpec, n_classes: int = 10, width: float = 1.0, n_mels: int = 64):
+    def __init__(self, spec: ArchSpec, *, n_classes: int, width: float, n_mels: int):
         super().__init__()
         self.spec, self.n_mels = spec, n_mels
         # PANNs' bn0 is a BatchNorm2d over mel bins moved to the channel axis of (B, 1, T, mel)
@@ -161,8 +161,9 @@ def refold_(folded: PannsCnn, model: PannsCnn) -> None:
         getattr(folded, layer).load_state_dict(getattr(model, layer).state_dict())
 
 
-def build_model(arch: str, n_classes: int = 10, width: float = 1.0, n_mels: int = 64) -> nn.Module:
-    """A freshly initialised CNN10/CNN14; `width` scales every channel count (the fast default)."""
+def build_model(arch: str, *, n_classes: int, width: float, n_mels: int) -> nn.Module:
+    """A freshly initialised CNN10/CNN14 for `n_classes` scenes on `n_mels` mel bands; `width`
+    scales every channel count (1.0: PANNs, as the paper; the config's model.width)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(sorted(ARCHS))}")
     if not width > 0:

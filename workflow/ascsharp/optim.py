@@ -460,6 +460,8 @@ class KFACStepper(Stepper):
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             for n, f in self.factors.items():
                 A, G = f["A"], f["G"]
+                if not (torch.isfinite(A).all() and torch.isfinite(G).all()):
+                    continue  # a diverged step; training stops at its next loss check
                 dA, QA = torch.linalg.eigh(A)
                 dG, QG = torch.linalg.eigh(G)
                 pi = _pi(A, G)
@@ -472,7 +474,8 @@ class KFACStepper(Stepper):
 
     def _precondition(self) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
-        updates, vg = {}, 0.0
+        # vg and nu stay on the device (float64, as Python floats were): no host sync per step.
+        updates, vg = {}, torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for n, m in self.layers.items():
                 if m.weight.grad is None or n not in self.eigen:
@@ -483,12 +486,13 @@ class KFACStepper(Stepper):
                 e = self.eigen[n]
                 v = e["QG"].T @ gw @ e["QA"]
                 v = e["QG"] @ (v / (e["dG"][:, None] * e["dA"][None, :])) @ e["QA"].T
-                vg += float((v * gw).sum()) * lr**2
+                vg += (v * gw).sum().double() * lr**2
                 updates[n] = v
-            nu = min(1.0, math.sqrt(self.options["kl_clip"] / vg)) if vg > 0 else 1.0
+            # min(1, sqrt(kl_clip / vg)), and 1 where vg is not positive (also NaN).
+            nu = torch.where(vg > 0, (self.options["kl_clip"] / vg).sqrt().clamp(max=1.0), 1.0)
             for n, v in updates.items():
                 m = self.layers[n]
-                v = v * nu
+                v = v * nu.to(v.dtype)  # as a Python float would be: rounded to v's precision
                 if m.bias is not None:
                     m.bias.grad.copy_(v[:, -1])
                     v = v[:, :-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ascsharp import io
@@ -102,13 +103,19 @@ def read_paper_table(csv_path: str | Path) -> pd.DataFrame:
 
 
 def paper_table(
-    csv_path: str | Path, out_dir: str | Path, *, n_boot: int = 2000, seed: int = 0
+    csv_path: str | Path,
+    summary_out: str | Path,
+    correlations_out: str | Path,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Recompute the paper's correlations from its published table (docs/design.md).
 
-    Writes `summary.tsv` (the parsed table) and `correlations.tsv` (mean sharpness against
+    Writes `summary_out` (the parsed table) and `correlations_out` (mean sharpness against
     test_all / seen / unseen; pearson, spearman, kendall; pooled and per optimiser and arch;
-    granulated Kendall over arch, optimizer, lr and batch size with the seed held fixed).
+    granulated Kendall over arch, optimizer, lr and batch size with the seed held fixed) and
+    returns the correlations.
     """
     df = read_paper_table(csv_path)
     table = correlation_table(
@@ -122,7 +129,31 @@ def paper_table(
         partial=False,
         granulated_axes=GRANULATED_AXES,
     )
-    out = Path(out_dir)
-    io.write_table(out / "summary.tsv", df)
-    io.write_table(out / "correlations.tsv", table)
+    io.write_table(summary_out, df)
+    io.write_table(correlations_out, table)
     return table
+
+
+# Quantities compared run by run between our summary.tsv and the published table.
+COMPARED = ("test_all", "seen", "unseen", "mean_sharpness", "std_sharpness")
+
+
+def compare_with_published(summary: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Our runs next to the published runs with the same hyperparameters (architecture,
+    optimiser, learning rate, batch size, seed): for each quantity in COMPARED, `<q>_ours`,
+    `<q>_paper` and `<q>_diff` (ours - published). Runs without a published twin are left out;
+    an empty table (with every column) when none has one."""
+    keys = ["arch", "optimizer", "batch_size", "seed"]
+    require_columns(summary, ["run", "lr", *keys, *COMPARED], "summary")
+    ours = summary[["run", "lr", *keys, *COMPARED]]
+    paper = published[["id", "lr", *keys, *COMPARED]]
+    both = ours.merge(paper, on=keys, suffixes=("_ours", "_paper"))
+    both = both[np.isclose(both["lr_ours"], both["lr_paper"], rtol=1e-9, atol=0)]
+    table = both[["run", "id", *keys]].rename(columns={"id": "paper_id"})
+    table.insert(4, "lr", both["lr_ours"])
+    for q in COMPARED:
+        table[f"{q}_ours"] = both[f"{q}_ours"]
+        table[f"{q}_paper"] = both[f"{q}_paper"]
+        table[f"{q}_diff"] = both[f"{q}_ours"] - both[f"{q}_paper"]
+    order = ["arch", "optimizer", "lr", "batch_size", "seed"]
+    return table.sort_values(order).reset_index(drop=True)

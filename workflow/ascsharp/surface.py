@@ -20,8 +20,9 @@ import numpy as np
 from ascsharp.io import atomic_path
 
 _SHARD_META_KEYS = ("run", "direction_seed", "fingerprint", "n_shards", "shard", "split")
-# What a surface can be computed on: the model's own training clips, or the test fold.
-SPLITS = ("train", "test")
+# The splits a surface can be computed on: the model's own training clips (its split train or
+# train_all, as model.pt lists them), or test (ascsharp.data names the splits).
+SURFACE_SPLITS = ("train", "test")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +94,8 @@ def write_shard(
     """Write one shard's results as .npz, atomically.
 
     `meta` must hold run, direction_seed, fingerprint (surface_fingerprint of model and
-    directions), n_shards, shard and split; other keys (clips, subset) are kept as JSON and
-    carried into surface.h5.
+    directions), n_shards, shard and split; other keys (clips, clips_requested, precision) are
+    kept as JSON and carried into surface.h5.
     """
     missing = [k for k in _SHARD_META_KEYS if k not in meta]
     if missing:
@@ -181,7 +182,7 @@ def gather(
             f"incomplete shard set: {missing.size} of {grid.n_points} grid points missing "
             f"(first {missing[:5].tolist()}) from {names}"
         )
-    partition = [
+    shard_files = [
         {"file": p.name, "shard": int(s.get("shard", -1)), "n_shards": int(s.get("n_shards", -1))}
         for p, s in zip(paths, shards, strict=True)
     ]
@@ -193,7 +194,7 @@ def gather(
         "split": split,
         "fingerprint": str(ref["fingerprint"].item()),
         "grid": json.dumps(grid.to_dict(), sort_keys=True),
-        "shards": json.dumps(partition),
+        "shards": json.dumps(shard_files),
         "acc_unit": "percent",
         "index_order": "[iy, ix]",
     }
@@ -229,7 +230,7 @@ def read_surface(
     try:
         with h5py.File(path, "r") as f:
             if key is None:
-                key = next((f"{s}_loss" for s in SPLITS if f"{s}_loss" in f), "train_loss")
+                key = next((f"{s}_loss" for s in SURFACE_SPLITS if f"{s}_loss" in f), "train_loss")
             arrays = {}
             for name in ("xcoordinates", "ycoordinates", key):
                 if name not in f:

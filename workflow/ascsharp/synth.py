@@ -38,11 +38,11 @@ from ascsharp.meta import (
     META_FILE,
     SCENES,
     SEEN_DEVICES,
+    SYNTHETIC_MARKER,
 )
 from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed
 
-MARKER = ".ascsharp-synthetic.json"
 # Bump whenever the signal model changes, so an old set on disk is not mistaken for a new one.
 GENERATOR_VERSION = 2
 EVALUATE_SHARE = 0.3  # of each scene's locations, as in the location-disjoint real fold1
@@ -224,7 +224,7 @@ def generate_dataset(
     root: Path,
     *,
     seed: int,
-    sample_rate: int,
+    audio_sample_rate: int,
     clip_seconds: float,
     locations_per_city: int,
     segments_per_location: int,
@@ -241,7 +241,7 @@ def generate_dataset(
     log = log or get_logger()
     params = _check_params(
         seed=seed,
-        sample_rate=sample_rate,
+        audio_sample_rate=audio_sample_rate,
         clip_seconds=clip_seconds,
         locations_per_city=locations_per_city,
         segments_per_location=segments_per_location,
@@ -263,7 +263,7 @@ def generate_dataset(
         _write_audio(tmp, plan, seed, sample_rate, params["clip_seconds"], log)
         _write_tables(tmp, plan)
         marker = {"parameters": params, "summary": summary}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        (tmp / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         publish_dir(tmp, root)
     finally:
         if tmp.exists():
@@ -286,7 +286,7 @@ def _check_params(**params: Any) -> dict[str, Any]:
 
     checks = {
         "seed": integer,
-        "sample_rate": lambda v: integer(v) and v >= 8000,
+        "audio_sample_rate": lambda v: integer(v) and v >= 8000,
         "clip_seconds": lambda v: isinstance(v, numbers.Real) and 0.25 <= v <= 60,
         "locations_per_city": lambda v: integer(v) and v >= 1,
         "segments_per_location": lambda v: integer(v) and v >= 1,
@@ -302,15 +302,17 @@ def _check_params(**params: Any) -> dict[str, Any]:
         )
     clean = {k: int(params[k]) for k in checks}
     clean["clip_seconds"] = float(params["clip_seconds"])
+    # "sample_rate" in the marker, as before the rename: the parameters are a set's identity.
+    clean["sample_rate"] = clean.pop("audio_sample_rate")
     return {"generator": "ascsharp.synth", "version": GENERATOR_VERSION, **clean}
 
 
 def _previous_output(root: Path, params: dict[str, Any]) -> dict[str, Any] | None:
     """The stored summary if `root` holds a complete set made with `params`; None if empty."""
-    stored = previous_marker(root, MARKER, "synthetic set")
+    stored = previous_marker(root, SYNTHETIC_MARKER, "synthetic set")
     if stored is not None and stored.get("parameters") != params:
         raise ValueError(
-            f"{root}: holds a synthetic set with other parameters ({root / MARKER}); "
+            f"{root}: holds a synthetic set with other parameters ({root / SYNTHETIC_MARKER}); "
             "delete it first"
         )
     return None if stored is None else stored["summary"]

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint
-from .data import Partition, load_partition
+from .data import Clips, Store, load_split
 from .evaluate import autocast, breakdown, loss_and_accuracy, pick_device, predict
 from .io import atomic_path, provenance, write_json, write_table
 from .meta import SCENES
@@ -31,16 +31,35 @@ RESUME_FILE = "checkpoint.pt"  # last finished epoch; removed once model.pt is w
 
 @dataclass(frozen=True)
 class TrainSettings:
+    """The config's `train` section and `model.width`; their defaults are in the schema."""
+
     epochs: int
-    width: float = 1.0
-    selection: str = "validation"  # or "paper": fit on all of fold1_train, select on the test fold
-    eval_batch_size: int = 256
-    amp: bool = False
-    converged_min_train_accuracy: float = 0.2
+    width: float
+    selection: str  # "validation", or "paper": fit on all of fold1_train, select on the test fold
+    eval_batch_size: int
+    amp: bool
+    converged_min_train_accuracy: float
 
     def __post_init__(self) -> None:
         if self.selection not in ("validation", "paper"):
             raise ValueError(f"selection {self.selection!r}: expected 'validation' or 'paper'")
+
+
+@dataclass(frozen=True)
+class TrainFiles:
+    """Every file a training job reads or writes, as its rule declares them."""
+
+    train: Store  # fold1_train's features
+    test: Store  # fold1_evaluate's features
+    holdout: Path  # validation.tsv: the validation split, as rows of the train store
+    model: Path
+    metrics: Path
+    history: Path
+
+    @property
+    def resume(self) -> Path:
+        # Beside model.pt and gone once it is written, so not an output the rule declares.
+        return self.model.with_name(RESUME_FILE)
 
 
 @dataclass
@@ -50,10 +69,10 @@ class Job:
     run: str
     hyperparameters: dict[str, Any]
     settings: TrainSettings
-    out_dir: Path
-    fit: Partition  # the clips the model learns from (listed in model.pt)
-    select: Partition  # the clips the epoch is selected on
-    test: Partition
+    files: TrainFiles
+    fit: Clips  # the clips the model learns from (listed in model.pt)
+    select: Clips  # the clips the epoch is selected on
+    test: Clips
     feature_settings: dict[str, Any]
 
     @property
@@ -78,21 +97,24 @@ class TrainState:
 
 
 def train(
-    features_dir: str | Path,
+    files: TrainFiles,
     run: str,
-    out_dir: str | Path,
     settings: TrainSettings,
-    feature_settings: dict[str, Any] | None = None,
+    feature_settings: dict[str, Any],
     device: torch.device | None = None,
 ) -> dict[str, Any]:
+    """Train run `run`; `feature_settings` (the store's settings file) go into model.pt."""
     log = get_logger()
     device = device or pick_device()
     paper = settings.selection == "paper"
-    fit = load_partition(features_dir, "train_all" if paper else "train").to(device)
-    select = load_partition(features_dir, "test" if paper else "validation").to(device)
-    test = select if paper else load_partition(features_dir, "test").to(device)
-    job = Job(run, parse_run_id(run), settings, Path(out_dir), fit, select, test,
-              feature_settings or {})  # fmt: skip
+
+    def split(name: str) -> Clips:
+        return load_split(name, train=files.train, test=files.test, holdout=files.holdout)
+
+    fit = split("train_all" if paper else "train").to(device)
+    select = split("test" if paper else "validation").to(device)
+    test = select if paper else split("test").to(device)
+    job = Job(run, parse_run_id(run), settings, files, fit, select, test, feature_settings)
     log.info(
         "run %s on %s: %d training clips, selection on %s (%d clips), %d test clips",
         run,
@@ -110,7 +132,7 @@ def train(
     ).to(device)
     stepper = make_stepper(hp["optimizer"], model, hp["lr"], seed=derive_seed(run, "optimizer"))
 
-    resume_file = job.out_dir / RESUME_FILE
+    resume_file = job.files.resume
     state = _resume(resume_file, job, model, stepper, log)
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         if state.diverged:
@@ -152,28 +174,37 @@ def _train_epoch(job: Job, epoch: int, stepper, device: torch.device, log) -> di
     n_batches = batch_count(len(fit), batch_size)
     progress = Progress(n_batches, "batches", log)
     report_every = max(1, n_batches // 5)
-    loss_sum, correct, seen = 0.0, 0, 0
+    # The host reads the running sums only where it must: on a GPU every read waits for the
+    # queued steps, so a divergence is caught at the next progress report (5 per epoch), not
+    # at its batch. On the CPU a read costs nothing, and every batch is checked.
+    check_every = 1 if device.type == "cpu" else report_every
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     t0 = time.perf_counter()
     stepper.model.train()
     for b in range(n_batches):
         idx = order[b * batch_size : (b + 1) * batch_size]
-        xb, yb = fit.x[idx].float(), fit.y[idx]
+        xb, yb = fit.x[idx].float(), fit.y[idx]  # features may be stored in float16
         with autocast(device, job.settings.amp):
             loss, logits = stepper.step(xb, yb)
-        loss = float(loss)
-        loss_sum += loss * len(yb)
-        correct += int((logits.argmax(1) == yb).sum())
+        loss_sum += loss.double() * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
-        if not math.isfinite(loss):
-            log.warning("epoch %d: non-finite training loss at batch %d; stopping run", epoch, b)
+        last = b + 1 == n_batches
+        if (b + 1) % check_every and not last:
+            continue
+        running = float(loss_sum) / seen
+        if not math.isfinite(running):
+            log.warning("epoch %d: non-finite training loss by batch %d; stopping run", epoch, b)
             break
         if (b + 1) % report_every == 0:
-            progress.update(report_every, f"(epoch {epoch}, loss {loss_sum / seen:.4f})")
+            progress.update(report_every, f"(epoch {epoch}, loss {running:.4f})")
     seconds = time.perf_counter() - t0
     return {
         "epoch": epoch,
-        "train_loss": loss_sum / seen,
-        "train_accuracy": correct / seen,
+        "train_loss": float(loss_sum) / seen,
+        "train_accuracy": int(correct) / seen,
         "clips_per_s": seen / seconds,
         "seconds": seconds,
     }
@@ -268,7 +299,7 @@ def _finish(job: Job, model, state: TrainState, log) -> dict[str, Any]:
         "provenance": provenance(),
     }
     checkpoint.save(
-        job.out_dir / "model.pt",
+        job.files.model,
         {
             "state_dict": model.state_dict(),
             "arch": hp["arch"],
@@ -287,9 +318,9 @@ def _finish(job: Job, model, state: TrainState, log) -> dict[str, Any]:
             "provenance": metrics["provenance"],
         },
     )
-    write_table(job.out_dir / "history.tsv", pd.DataFrame(history))
-    write_json(job.out_dir / "metrics.json", metrics)
-    (job.out_dir / RESUME_FILE).unlink(missing_ok=True)
+    write_table(job.files.history, pd.DataFrame(history))
+    write_json(job.files.metrics, metrics)
+    job.files.resume.unlink(missing_ok=True)
     log.info(
         "run %s: epoch %d selected, test accuracy %.4f (seen %.4f, unseen %.4f), converged=%s",
         run,

@@ -1,5 +1,6 @@
 # Statistics over all runs: summary table, correlations (with and without the runs excluded in
-# analysis.exclude or flagged not converged), figures; and the same statistics on the paper's table.
+# analysis.exclude or flagged not converged), the measure ranking; and the same statistics on the
+# paper's table. The figures and report tables are in figures.smk.
 
 
 rule summarize:
@@ -39,10 +40,11 @@ rule rank_measures:
         "results/analysis/summary.tsv",
     output:
         table="results/analysis/measure_ranking.tsv",
-        figure=report(
-            "results/analysis/figures/measure_ranking.png",
+        figure="results/analysis/figures/measure_ranking.png",
+        figure_svg=report(
+            "results/analysis/figures/measure_ranking.svg",
             caption="../report/ranking.rst",
-            category="Sharpness and accuracy",
+            category=REPORT["predict"],
         ),
     log:
         "logs/rank_measures/rank_measures.log",
@@ -51,34 +53,7 @@ rule rank_measures:
     shell:
         "ascsharp rank-measures {input} --bootstrap {params.analysis[bootstrap]}"
         " --seed {params.analysis[seed]} --out {output.table} --figure {output.figure}"
-        " 2> {log}"
-
-
-rule figures:
-    input:
-        summary="results/analysis/summary.tsv",
-        correlations="results/analysis/correlations.tsv",
-    output:
-        scatter=report(
-            "results/analysis/figures/scatter.png",
-            caption="../report/scatter.rst",
-            category="Sharpness and accuracy",
-        ),
-        devices=report(
-            "results/analysis/figures/devices.png",
-            caption="../report/devices.rst",
-            category="Sharpness and accuracy",
-        ),
-        heatmap=report(
-            "results/analysis/figures/correlations.png",
-            caption="../report/heatmap.rst",
-            category="Sharpness and accuracy",
-        ),
-    log:
-        "logs/figures/figures.log",
-    shell:
-        "ascsharp figures --summary {input.summary} --correlations {input.correlations}"
-        " --scatter {output.scatter} --devices {output.devices} --heatmap {output.heatmap}"
+        " {output.figure_svg}"
         " 2> {log}"
 
 
@@ -88,12 +63,15 @@ rule paper_table:
     output:
         correlations="results/paper/correlations.tsv",
         summary="results/paper/summary.tsv",
-        scatter=report(
-            "results/paper/figures/scatter.png",
+        scatter="results/paper/figures/scatter.png",
+        scatter_svg=report(
+            "results/paper/figures/scatter.svg",
             caption="../report/paper.rst",
-            category="Published table",
+            category=REPORT["study"],
         ),
     log:
         "logs/paper_table/paper_table.log",
     shell:
-        "ascsharp paper-table {input} --out results/paper --figures 2> {log}"
+        "ascsharp paper-table {input} --summary {output.summary}"
+        " --correlations {output.correlations} --scatter {output.scatter}"
+        " {output.scatter_svg} 2> {log}"

@@ -7,8 +7,8 @@ from pathlib import Path
 from snakemake.utils import Paramspace
 
 from ascsharp.config import ConfigError, validate_config
-from ascsharp.meta import FOLD_FILES, META_FILE
-from ascsharp.runs import expand_grid, parse_run_id
+from ascsharp.meta import DOWNLOAD_MARKER, FOLD_FILES, META_FILE, SYNTHETIC_MARKER
+from ascsharp.runs import RUN_PATTERN, expand_grid, parse_run_id
 
 try:
     _validated = validate_config(config, source="config")
@@ -32,7 +32,7 @@ ANALYSIS_EXCLUDE = json.dumps(config["analysis"]["exclude"])
 
 
 wildcard_constraints:
-    run=r"arch~[^/]+/optimizer~[^/]+/lr~[^/]+/batch_size~[^/]+/seed~[^/]+",
+    run=RUN_PATTERN,
     direction_seed=r"\d+",
     shard=r"\d+",
     store="train|test",
@@ -61,9 +61,7 @@ def shards_of(wildcards):
 # mtime changes whenever anything is added to it (a README, a notes file), and a folder input
 # would then rerun every feature store, model and landscape. The synthetic set and the download
 # are published by renaming a finished folder into place, with their marker file inside, so the
-# marker is the one output their rules declare (written by ascsharp.synth / ascsharp.download).
-SYNTHETIC_MARKER = ".ascsharp-synthetic.json"
-DOWNLOAD_MARKER = ".ascsharp-download.json"
+# marker is the one output their rules declare (ascsharp.meta names it).
 # meta.csv plus the two fold files the workflow reads (fold1_test.csv is not used).
 DATASET_FILES = [META_FILE, *(FOLD_FILES[fold][0] for fold in ("train", "evaluate"))]
 
@@ -128,7 +126,7 @@ def train_runtime(wildcards, attempt):
 def landscape_shard_runtime(wildcards, attempt):
     """Minutes: the shard's grid points plus one point's worth for loading, on its clips."""
     points = math.ceil(LAND["x"]["num"] * LAND["y"]["num"] / LAND["shards"])
-    clips = min(1.0, LAND["subset"] / PAPER_TRAIN_CLIPS) if LAND["subset"] else 1.0
+    clips = min(1.0, LAND["clips"] / PAPER_TRAIN_CLIPS) if LAND["clips"] else 1.0
     point = LANDSCAPE_POINT_MINUTES[_arch(wildcards)] * CLIP_SCALE * clips
     return attempt * math.ceil((points + 1) * point)
 

@@ -22,7 +22,8 @@ if config["dataset"]["synthetic"]["generate"]:
             audio=config["dataset"],
         shell:
             "ascsharp synth --root {params.root:q} --seed {params.synth[seed]}"
-            " --sample-rate {params.audio[sample_rate]} --clip-seconds {params.audio[clip_seconds]}"
+            " --audio-sample-rate {params.audio[audio_sample_rate]}"
+            " --clip-seconds {params.audio[clip_seconds]}"
             " --cities {params.synth[cities]}"
             " --locations-per-city {params.synth[locations_per_city]}"
             " --segments-per-location {params.synth[segments_per_location]} 2> {log}"
@@ -44,6 +45,8 @@ if (
         params:
             root=dataset_root_of_output,
             api=config["dataset"]["download"]["api"],
+            # The zips: a cache kept across reruns (resumed, never deleted), so not an output.
+            downloads="data/downloads",
         shell:
-            "ascsharp download --api {params.api:q} --downloads data/downloads"
+            "ascsharp download --api {params.api:q} --downloads {params.downloads:q}"
             " --root {params.root:q} 2> {log}"

@@ -1,5 +1,6 @@
-# Log-mel features: one contiguous array per store (train = fold1_train, test = fold1_evaluate),
-# plus the location-disjoint validation hold-out, stored as an index into train.npy.
+# Log-mel features: one store per fold, each one contiguous array (store train = fold1_train,
+# store test = fold1_evaluate), plus the location-disjoint validation hold-out, stored as an
+# index into train.npy.
 
 
 rule features:
@@ -25,7 +26,8 @@ rule features:
         mel=mel_args(),
     shell:
         "ascsharp features --root {params.root:q} --fold {params.fold} --out-npy {output.npy}"
-        " --out-tsv {output.tsv} --audio-sample-rate {params.audio[sample_rate]}"
+        " --out-tsv {output.tsv} --out-json {output.about}"
+        " --audio-sample-rate {params.audio[audio_sample_rate]}"
         " --clip-seconds {params.audio[clip_seconds]} --dtype {params.dtype}"
         " --threads {threads} {params.mel} 2> {log}"
 

@@ -18,11 +18,12 @@ rule landscape_shard:
     input:
         model="results/models/{run}/model.pt",
         directions="results/landscapes/{run}/direction_seed~{direction_seed}/directions.pt",
-        features=multiext(
-            "results/features/", "train.npy", "train.tsv", "test.npy", "test.tsv"
-        ),
+        # The store that holds landscape.split's clips (the splits train and test are named
+        # after their stores).
+        npy=f"results/features/{LAND['split']}.npy",
+        tsv=f"results/features/{LAND['split']}.tsv",
     output:
-        "results/landscapes/{run}/direction_seed~{direction_seed}/shard~{shard}.npz",
+        shard="results/landscapes/{run}/direction_seed~{direction_seed}/shard~{shard}.npz",
     log:
         "logs/landscape_shard/{run}/direction_seed~{direction_seed}/shard~{shard}.log",
     benchmark:
@@ -35,12 +36,16 @@ rule landscape_shard:
     params:
         land=LAND,
         grid=grid_args(),
-        subset=f"--subset {LAND['subset']}" if LAND["subset"] else "",
+        clips=LAND["clips"] or "all",
+        compile="--compile" if LAND["compile"] else "--no-compile",
     shell:
         "ascsharp landscape-shard --model {input.model} --directions {input.directions}"
-        " --features results/features --split {params.land[split]} {params.subset}"
+        " --features-npy {input.npy} --features-tsv {input.tsv}"
+        " --split {params.land[split]} --clips {params.clips}"
         " --batch-size {params.land[batch_size]} --shards {params.land[shards]}"
-        " --shard {wildcards.shard} {params.grid} --threads {threads} --out {output} 2> {log}"
+        " --shard {wildcards.shard} {params.grid} --precision {params.land[precision]}"
+        " {params.compile}"
+        " --threads {threads} --out {output.shard} 2> {log}"
 
 
 rule gather:
@@ -48,20 +53,25 @@ rule gather:
         shards_of,
     output:
         surface="results/landscapes/{run}/direction_seed~{direction_seed}/surface.h5",
-        contour=report(
-            "results/landscapes/{run}/direction_seed~{direction_seed}/contour.png",
+        contour="results/landscapes/{run}/direction_seed~{direction_seed}/contour.png",
+        contour_svg=report(
+            "results/landscapes/{run}/direction_seed~{direction_seed}/contour.svg",
             caption="../report/contour.rst",
-            category="Loss landscapes",
+            category=REPORT["landscapes"],
             subcategory="{run}",
+            labels={"figure": "contour", "direction seed": "{direction_seed}"},
         ),
-        surface3d=report(
-            "results/landscapes/{run}/direction_seed~{direction_seed}/surface3d.png",
+        surface3d="results/landscapes/{run}/direction_seed~{direction_seed}/surface3d.png",
+        surface3d_svg=report(
+            "results/landscapes/{run}/direction_seed~{direction_seed}/surface3d.svg",
             caption="../report/surface3d.rst",
-            category="Loss landscapes",
+            category=REPORT["landscapes"],
             subcategory="{run}",
+            labels={"figure": "3-D", "direction seed": "{direction_seed}"},
         ),
     log:
         "logs/gather/{run}/direction_seed~{direction_seed}.log",
     shell:
-        "ascsharp gather {input} --out {output.surface} --contour {output.contour}"
-        " --surface3d {output.surface3d} 2> {log}"
+        "ascsharp gather {input} --out {output.surface}"
+        " --contour {output.contour} {output.contour_svg}"
+        " --surface3d {output.surface3d} {output.surface3d_svg} 2> {log}"

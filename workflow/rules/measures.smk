@@ -1,13 +1,14 @@
-# Measures beyond the study's sharpness: one job per (run, measure) on a fixed subset of the
+# Measures beyond the study's sharpness: one job per (run, measure) on a fixed selection of the
 # model's training clips; a killed job resumes from results/measures/{run}/{measure}.json.partial.json.
 
 
 rule measure:
     input:
         model="results/models/{run}/model.pt",
-        features=multiext("results/features/train", ".npy", ".tsv"),
+        npy="results/features/train.npy",
+        tsv="results/features/train.tsv",
     output:
-        "results/measures/{run}/{measure}.json",
+        measure="results/measures/{run}/{measure}.json",
     log:
         "logs/measure/{run}/{measure}.log",
     benchmark:
@@ -23,5 +24,6 @@ rule measure:
         seed=MEASURES["seed"],
     shell:
         "ascsharp measure --measure {wildcards.measure} --model {input.model}"
-        " --features-train {input.features[0]} --clips {params.clips} --seed {params.seed}"
-        " {params.options} --threads {threads} --out {output} 2> {log}"
+        " --features-npy {input.npy} --features-tsv {input.tsv} --clips {params.clips}"
+        " --seed {params.seed} {params.options} --threads {threads} --out {output.measure}"
+        " 2> {log}"

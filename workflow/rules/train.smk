@@ -3,9 +3,10 @@
 
 rule train:
     input:
-        features=multiext(
-            "results/features/", "train.npy", "train.tsv", "test.npy", "test.tsv"
-        ),
+        train_npy="results/features/train.npy",
+        train_tsv="results/features/train.tsv",
+        test_npy="results/features/test.npy",
+        test_tsv="results/features/test.tsv",
         holdout="results/features/validation.tsv",
         settings="results/features/train.json",
     output:
@@ -24,10 +25,13 @@ rule train:
     params:
         train=config["train"],
         width=config["model"]["width"],
-        amp="--amp" if config["train"]["amp"] else "",
+        amp="--amp" if config["train"]["amp"] else "--no-amp",
     shell:
-        "ascsharp train --features results/features --run {wildcards.run}"
-        " --out-dir results/models/{wildcards.run} --epochs {params.train[epochs]}"
+        "ascsharp train --run {wildcards.run} --train-npy {input.train_npy}"
+        " --train-tsv {input.train_tsv} --test-npy {input.test_npy}"
+        " --test-tsv {input.test_tsv} --holdout {input.holdout}"
+        " --model {output.model} --metrics {output.metrics} --history {output.history}"
+        " --epochs {params.train[epochs]}"
         " --width {params.width} --selection {params.train[selection]}"
         " --eval-batch-size {params.train[eval_batch_size]} {params.amp}"
         " --converged-min-train-accuracy {params.train[converged_min_train_accuracy]}"
