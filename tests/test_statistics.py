@@ -101,6 +101,25 @@ def test_vectorised_bootstrap_statistics_equal_scipy_per_resample(method, monkey
     np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize(("n", "ties"), [(4, False), (6, True), (8, False), (9, True)])
+def test_spearman_p_value_of_few_runs_is_the_exact_permutation_p(n, ties):
+    """scipy's t approximation is far off for a handful of runs (a perfect ρ on 4 runs gets
+    p = 0): up to 9 runs the p-value must be scipy's exact permutation test."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    y = x + rng.normal(size=n)
+    if ties:
+        x, y = np.round(x), np.round(y)
+    exact = stats.permutation_test(
+        (x,), lambda a: stats.spearmanr(a, y).statistic, permutation_type="pairings",
+        alternative="two-sided", n_resamples=math.factorial(n),
+    )  # fmt: skip
+    got = correlation.correlate(x, y, "spearman", n_boot=0)
+    assert got["p_value"] == pytest.approx(exact.pvalue, rel=1e-12)
+    perfect = correlation.correlate(np.arange(4.0), np.arange(4.0) ** 2, "spearman", n_boot=0)
+    assert perfect["statistic"] == 1 and perfect["p_value"] == pytest.approx(1 / 12)
+
+
 @pytest.mark.parametrize("method", correlation.METHODS)
 def test_degenerate_resamples_are_nan_and_skipped(method):
     rows = np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]])

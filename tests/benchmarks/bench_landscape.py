@@ -294,14 +294,19 @@ def peak_main(argv: list[str]) -> None:
             )
 
 
-def main() -> None:
+def dispatch(naive, peak) -> None:
+    """`--naive` runs the data-path comparison, anything else (or `--peak`) the peak fraction."""
     import sys
 
     argv = sys.argv[1:]
     if "--naive" in argv:
-        naive_main([a for a in argv if a != "--naive"])
+        naive([a for a in argv if a != "--naive"])
     else:
-        peak_main([a for a in argv if a != "--peak"])
+        peak([a for a in argv if a != "--peak"])
+
+
+def main() -> None:
+    dispatch(naive_main, peak_main)
 
 
 def _time(fn) -> float:

@@ -35,6 +35,7 @@ from bench_landscape import (  # noqa: E402
     PAPER_FRAMES,
     NpyClips,
     build,
+    dispatch,
     gemm_rate,
     write_clip_files,
 )
@@ -182,11 +183,7 @@ def _time(fn, device) -> float:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    if "--naive" in argv:
-        naive_main([a for a in argv if a != "--naive"])
-    else:
-        peak_main([a for a in argv if a != "--peak"])
+    dispatch(naive_main, peak_main)
 
 
 if __name__ == "__main__":

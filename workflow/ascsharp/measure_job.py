@@ -21,6 +21,7 @@ from .curvature import hessian
 from .data import Store, load_clips
 from .evaluate import pick_device
 from .io import provenance, write_json
+from .landscape import forward_precision
 from .measures import UnitHook
 from .progress import get_logger
 from .seeds import derive_seed
@@ -71,8 +72,10 @@ def run_measure(
     log.info("%s: %s on %d of the model's %d training clips, on %s",
              run, measure, len(data), len(ckpt["train_clips"]), device)  # fmt: skip
     fn = _measure_function(measure)
-    result = fn(model, data.x.to(device), data.y.to(device), options, stream_seed, log,
-                partial_path=partial, on_unit=on_unit)  # fmt: skip
+    # IEEE float32 on CUDA too, as the landscape's default: not PyTorch's TF32 convolutions.
+    with forward_precision(device, "float32"):
+        result = fn(model, data.x.to(device), data.y.to(device), options, stream_seed, log,
+                    partial_path=partial, on_unit=on_unit)  # fmt: skip
     names = data.table["filename"].tolist()
     doc = {
         "run": run,
