@@ -44,7 +44,7 @@ localrules:
     validation_split,
     directions,
     gather,
-    sharpness,
+    run_sharpness,
     summarize,
     correlations,
     rank_measures,

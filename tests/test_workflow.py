@@ -104,7 +104,7 @@ def test_default_dry_run_lists_the_dag(tmp_path):
     counts = _job_counts(out)
     assert counts["train"] == 8
     assert counts["landscape_shard"] == 8 * 2 * 2  # runs x direction seeds x shards
-    assert counts["gather"] == 16 and counts["sharpness"] == 8
+    assert counts["gather"] == 16 and counts["run_sharpness"] == 8
     assert counts["measure"] == 8 * 3 and counts["rank_measures"] == 1
     assert counts["synthesize"] == 1 and counts["features"] == 2
     # The synthetic set is declared by the marker file `ascsharp synth` writes into it.

@@ -1,13 +1,13 @@
 # Sharpness of every run: all region/reference variants, per direction seed and aggregated.
 
 
-rule sharpness:
+rule run_sharpness:
     input:
         surfaces,
     output:
         "results/sharpness/{run}.json",
     log:
-        "logs/sharpness/{run}.log",
+        "logs/run_sharpness/{run}.log",
     params:
         radius=config["sharpness"]["radius"],
     shell:
