@@ -350,7 +350,8 @@ def evaluate_shard(
     `clips` keeps a fixed selection of that many of the split's clips (None: all).
     Finished points go to `<out>.partial.json` as they are done, so a killed job rerun with the
     same inputs picks up where it stopped; the file is removed once the shard is written.
-    `compile` applies on CUDA only: on a CPU its minute of compilation was not measured to pay.
+    `compile` applies on CUDA only: on a CPU its compilation (25 s for a small CNN10) was not
+    measured to pay back.
     """
     from .checkpoint import load_model
     from .data import load_clips
