@@ -848,19 +848,14 @@ def _landscape_views(args):
     from .figures import landscape_slices, run_label
     from .report_html import surface_html
     from .runs import parse_run_id
-    from .surface import read_surface, surface_identity
+    from .surface import read_surface, run_surfaces
 
-    surfaces, runs = [], set()
-    for path in args.surfaces:
-        run, seed = surface_identity(path)
-        runs.add(run)
-        surfaces.append((seed, *read_surface(path)))
-    if len(runs) != 1:
-        raise ValueError(f"{args.surfaces[0]}: the surfaces belong to {len(runs)} runs, not one")
-    title = run_label(parse_run_id(runs.pop()))
-    landscape_slices(sorted(surfaces, key=lambda s: s[0]), args.slices, radius=args.radius,
+    run, path_by_seed = run_surfaces(args.surfaces)
+    surfaces = [(seed, *read_surface(path)) for seed, path in path_by_seed.items()]
+    title = run_label(parse_run_id(run))
+    landscape_slices(surfaces, args.slices, radius=args.radius,
                      title=f"{title}: slices through the trained weights")  # fmt: skip
-    surface_html(sorted(surfaces, key=lambda s: s[0]), args.html, radius=args.radius, title=title)
+    surface_html(surfaces, args.html, radius=args.radius, title=title)
 
 
 def _compare_args(p):

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ascsharp.surface import read_surface, surface_identity
+from ascsharp.surface import read_surface, run_surfaces
 
 REGIONS = ("legacy-disk", "disk", "square")
 REFERENCES = ("grid-min", "centre")
@@ -189,19 +189,8 @@ def all_variants(paths: Sequence[str | Path], radius: float) -> dict[str, Any]:
     "aggregate": {region: {reference: {mean, std, max, n, finite}}}}. A variant that cannot be
     computed (centre reference without an origin) holds {"error": message}.
     """
-    if not paths:
-        raise ValueError("all_variants: no surfaces given")
-    path_by_seed: dict[int, Path] = {}
-    runs = set()
-    for p in map(Path, paths):
-        run, seed = surface_identity(p)
-        if seed in path_by_seed:
-            raise ValueError(f"{p}: direction seed {seed} also in {path_by_seed[seed]}")
-        path_by_seed[seed] = p
-        runs.add(run)
-    if len(runs) > 1:
-        raise ValueError(f"surfaces of several runs given: {sorted(runs)}")
-    seeds = sorted(path_by_seed)
+    run, path_by_seed = run_surfaces(paths)
+    seeds = list(path_by_seed)
     surfaces = {s: read_surface(path_by_seed[s]) for s in seeds}
     per_seed: dict[str, Any] = {}
     agg: dict[str, Any] = {}
@@ -225,7 +214,7 @@ def all_variants(paths: Sequence[str | Path], radius: float) -> dict[str, Any]:
                 agg[region][reference] = {"error": "not available for every seed"}
     return json_safe(
         {
-            "run": runs.pop(),
+            "run": run,
             "radius": float(radius),
             "default": {"region": PAPER["region"], "reference": PAPER["reference"]},
             "files": {str(s): str(path_by_seed[s]) for s in seeds},

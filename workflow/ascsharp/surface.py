@@ -258,3 +258,21 @@ def surface_identity(path: str | Path) -> tuple[str, int]:
     if run is None or seed is None:
         raise ValueError(f"{path}: attributes 'run' and 'direction_seed' missing (not gathered?)")
     return str(run), int(seed)
+
+
+def run_surfaces(paths: Sequence[str | Path]) -> tuple[str, dict[int, Path]]:
+    """One run's surface files by direction seed (ascending), as gather wrote their identity;
+    surfaces of several runs or a direction seed given twice are refused."""
+    if not paths:
+        raise ValueError("no surfaces given")
+    path_by_seed: dict[int, Path] = {}
+    runs = set()
+    for path in map(Path, paths):
+        run, seed = surface_identity(path)
+        if seed in path_by_seed:
+            raise ValueError(f"{path}: direction seed {seed} also in {path_by_seed[seed]}")
+        path_by_seed[seed] = path
+        runs.add(run)
+    if len(runs) > 1:
+        raise ValueError(f"surfaces of several runs given: {sorted(runs)}")
+    return runs.pop(), dict(sorted(path_by_seed.items()))
