@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ascsharp import checkpoint
-from ascsharp.adaptive import adaptive_average, adaptive_worst, scales
+from ascsharp.adaptive import adaptive_average, adaptive_worst, scales, worst_batches
 from ascsharp.cli import main
 from ascsharp.curvature import hessian, hessian_operator, rademacher
 from ascsharp.measures import Cost, loss_and_gradient
@@ -129,6 +129,44 @@ def test_hessian_top_eigenvalues_and_trace_match_exact_hessian():
     assert cost["flops"] > 0 and cost["flops_per_clip"]["hvp"] > cost["flops_per_clip"]["forward"]
 
 
+class DiagonalCurvature(nn.Module):
+    """Two-class logits (x c + 1/2 w'Aw, 0) of 40 weights w: a Hessian dominated by its diagonal."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        n = 40
+        coupling = 0.02 * torch.randn(n, n, generator=g, dtype=torch.float64)
+        diagonal = torch.diag(torch.linspace(0.5, 4.0, n, dtype=torch.float64))
+        self.register_buffer("A", diagonal + (coupling + coupling.T) / 2)
+        self.register_buffer("c", torch.randn(3, generator=g, dtype=torch.float64))
+        self.w = nn.Parameter(0.1 * torch.randn(n, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        z = x @ self.c + 0.5 * self.w @ self.A @ self.w
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+def test_hutchinson_trace_is_within_its_known_spread_of_an_exact_diagonal_dominated_trace():
+    """With Rademacher probes v'Hv = tr(H) + sum_{i!=j} v_i v_j H_ij, of variance
+    2 sum_{i!=j} H_ij^2: on a Hessian whose diagonal dominates, the estimate is within a few
+    of those standard deviations of the exact trace. (Probes with zeros keep only about two
+    thirds of the diagonal and land far outside.)"""
+    model = DiagonalCurvature().eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (12,), generator=g)
+    H = exact_hessian(model, x, y)
+    off_diagonal = H - torch.diag(torch.diagonal(H))
+    samples = 16
+    sd = math.sqrt(2 * float((off_diagonal**2).sum()) / samples)
+    trace = float(torch.trace(H))
+    assert sd < 0.02 * abs(trace)  # the premise: the diagonal dominates
+    opts = {"top_k": 1, "lanczos_tol": 1e-6, "trace_samples": samples, "batch_size": 12}
+    v = hessian(model, x, y, opts, seed=3, log=LOG)["values"]
+    assert abs(v["trace"] - trace) < 5 * sd, (v["trace"], trace, sd)
+
+
 class HandBN(nn.Module):
     """Eval-mode BatchNorm2d written out in elementary ops: an independent derivative route."""
 
@@ -216,6 +254,59 @@ def test_average_case_on_a_quadratic_is_half_rho2_sum_aii_wi2(at_minimum, antith
     exact_plain = 0.5 * rho**2 * float(torch.trace(model.A))
     assert "adaptive_average" not in plain
     assert plain["average"] == pytest.approx(exact_plain, rel=0.05)
+
+
+def _loss_at(model: nn.Module, params: dict[str, torch.Tensor], x, y) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(functional_call(model, params, (x,)), y))
+
+
+def test_antithetic_sample_is_the_mean_of_two_explicit_evaluations_at_plus_and_minus_delta():
+    """Draw k (as documented: u_k from generator(seed, "adaptive-average", k), one N(0, rho^2)
+    tensor per parameter in order) is evaluated at w + |w| u_k and at w - |w| u_k."""
+    model, _, x, y = mlp_pair()
+    rho, seed, samples = 0.1, 11, 3
+    opts = {"rho": rho, "samples": samples, "batch_size": 64, "antithetic": True}
+    v = adaptive_average(model, x, y, opts, seed=seed, log=LOG)["values"]
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pairs = []
+    for k in range(samples):
+        gen = generator(seed, "adaptive-average", k)
+        u = {n: rho * torch.randn(t.shape, generator=gen, dtype=t.dtype) for n, t in w.items()}
+        plus = _loss_at(model, {n: t + t.abs() * u[n] for n, t in w.items()}, x, y)
+        minus = _loss_at(model, {n: t - t.abs() * u[n] for n, t in w.items()}, x, y)
+        assert abs(plus - minus) > 1e-3  # the two sides differ: the pair is not one point twice
+        pairs.append((plus + minus) / 2)
+    loss0 = _loss_at(model, w, x, y)
+    assert v["loss"] == pytest.approx(loss0, rel=1e-12)
+    assert v["perturbed_loss"] == pytest.approx(np.mean(pairs), rel=1e-12)
+    assert v["adaptive_average"] == pytest.approx(np.mean(pairs) - loss0, rel=1e-9)
+
+
+def test_worst_case_per_batch_value_is_its_max_loss_minus_its_own_loss():
+    """m-sharpness: each batch's value is the largest loss found on that batch minus that
+    batch's own unperturbed loss (recomputed here by hand), never the loss over all clips."""
+    model, _, x, y = mlp_pair()
+    m, seed = 5, 11
+    opts = {"rho": 0.1, "p": "2", "steps": 3, "restarts": 2, "m": m, "batch_size": 64}
+    v = adaptive_worst(model, x, y, opts, seed=seed, log=LOG)["values"]
+    batches = worst_batches(len(x), m, seed)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(x)))
+    assert v["batches"] == len(v["per_batch"]) == len(batches) == 4
+    with torch.no_grad():
+        whole = float(F.cross_entropy(model(x), y))
+        own = [float(F.cross_entropy(model(x[idx]), y[idx])) for idx in batches]
+    assert max(abs(o - whole) for o in own) > 0.05  # batches' own losses differ from the whole
+    for pb, idx, loss in zip(v["per_batch"], batches, own, strict=True):
+        assert pb["clips"] == len(idx)
+        assert pb["loss"] == pytest.approx(loss, rel=1e-12)
+        assert pb["worst_loss"] == max(pb["restarts"])
+        assert pb["sharpness"] == pytest.approx(pb["worst_loss"] - loss, rel=1e-9, abs=1e-12)
+        assert pb["sharpness"] >= 0  # the ball holds the unperturbed weights
+    values = [pb["sharpness"] for pb in v["per_batch"]]
+    assert v["adaptive_worst"] == pytest.approx(np.mean(values), rel=1e-12)
+    se = np.std(values, ddof=1) / math.sqrt(len(values))
+    assert v["adaptive_worst_se"] == pytest.approx(se, rel=1e-9)
 
 
 @pytest.mark.parametrize("adaptive", [True, False])

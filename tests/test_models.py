@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ascsharp.models import ARCHS, build_model, count_parameters, load_pretrained
+from ascsharp.models import (
+    ARCHS,
+    build_model,
+    count_parameters,
+    fold_batchnorm,
+    load_pretrained,
+)
 
 torch.set_num_threads(1)
 
@@ -237,6 +243,26 @@ def test_training_gradients_match_the_reference_forward(
     want = torch.autograd.grad((ref * upstream).sum(), params)
     for (name, _), g, w in zip(model.named_parameters(), got, want, strict=True):
         assert torch.allclose(g, w, rtol=1e-7, atol=1e-9), name
+
+
+def test_folded_batchnorm_uses_each_bns_eps_on_nearly_dead_channels() -> None:
+    """Folding divides by sqrt(running_var + eps) with the BN's own eps: on channels whose
+    running variance is near 0 and with a non-default eps, eps sets the scale, and the folded
+    network must still equal the unfolded one (torch's BatchNorm) in eval mode."""
+    torch.manual_seed(2)
+    model = randomised_bn(build_model("cnn10", width=0.0625, n_classes=10, n_mels=64))
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eps = 1e-3
+                dead = torch.rand(m.num_features, generator=g) < 0.25
+                var = torch.where(dead, 1e-6, 0.5 + torch.rand(m.num_features, generator=g))
+                m.running_var.copy_(var)
+    x = torch.randn(3, 64, 40, generator=g).double()
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batchnorm(model)(x), model(x), rtol=1e-9, atol=1e-9)
 
 
 def test_bn0_normalises_each_mel_bin_in_training() -> None:
