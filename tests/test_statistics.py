@@ -476,6 +476,27 @@ def test_run_correlations_lists_no_measure_twice():
     assert set(table["subset"]) == set(run_summary.SUBSETS)
 
 
+def test_each_subset_keeps_exactly_its_runs_and_correlates_only_them():
+    """headline: converged and not excluded; with_excluded: converged (the hand-excluded runs
+    back in); all_runs: every run. Checked on a hand-built table and against scipy."""
+    summary = _small_summary(6)
+    summary.loc[[1, 4], "converged"] = False
+    summary.loc[[2, 4], "excluded"] = True
+    summary.loc[[2, 4], "exclusion_reason"] = "by hand"
+    want = {"headline": [0, 3, 5], "with_excluded": [0, 2, 3, 5], "all_runs": list(range(6))}
+    for subset, rows in want.items():
+        assert list(run_summary.subset_runs(summary, subset)["run"]) == [f"run{i}" for i in rows]
+    table = run_summary.run_correlations(summary, n_boot=0, seed=0)
+    pooled = table[(table.group == "all") & (table.method == "kendall")
+                   & (table.measure == "mean_sharpness") & (table.target == "test_all")]  # fmt: skip
+    for subset, rows in want.items():
+        (row,) = pooled[pooled.subset == subset].itertuples()
+        runs = summary.loc[rows]
+        assert row.n == len(rows), subset
+        tau = stats.kendalltau(runs["mean_sharpness"], runs["test_all"]).statistic
+        assert row.statistic == pytest.approx(tau), subset
+
+
 def test_run_correlations_with_two_runs_writes_nan_rows_with_a_reason():
     table = run_summary.run_correlations(_small_summary(2), n_boot=100, seed=0)
     assert list(table.columns) == [*correlation.TABLE_COLUMNS, "subset"]

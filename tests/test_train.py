@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -15,6 +16,7 @@ from defaults import train_settings
 
 from ascsharp import checkpoint
 from ascsharp.data import Store
+from ascsharp.meta import SCENES
 from ascsharp.train import RESUME_FILE, TrainFiles, batch_count, train
 
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
@@ -73,6 +75,37 @@ def test_training_learns_and_writes_self_describing_outputs(feature_store, tmp_p
     assert ckpt["features"] == {"n_mels": 16}
 
 
+def test_generalisation_gap_is_train_minus_test_accuracy(feature_store, tmp_path):
+    """On a test fold noisier than the training fold (a device shift) the model does better on
+    its training clips: the gap is train minus test accuracy, here positive (accuracies
+    recomputed by hand from model.pt)."""
+    features = feature_store
+    shifted = np.load(features / "test.npy")
+    noise = np.random.default_rng(5).normal(0, 4.0, size=shifted.shape).astype(np.float32)
+    np.save(features / "test.npy", shifted + noise)
+    run = "arch~cnn10/optimizer~adam/lr~0.01/batch_size~16/seed~42"
+    settings = train_settings(epochs=3, width=0.125, eval_batch_size=64)
+    metrics = train_into(features, run, tmp_path / "m", settings)
+    model, ckpt = checkpoint.load_model(tmp_path / "m" / "model.pt")
+    train_acc = hand_accuracy(model, features, "train", ckpt["train_clips"])
+    test_acc = hand_accuracy(model, features, "test")
+    assert metrics["train"]["accuracy"] == pytest.approx(train_acc, abs=1.5 / metrics["train"]["n"])
+    assert metrics["test"]["accuracy"] == pytest.approx(test_acc, abs=1.5 / metrics["test"]["n"])
+    assert train_acc - test_acc > 0.1
+    gap = metrics["train"]["accuracy"] - metrics["test"]["accuracy"]
+    assert metrics["generalisation_gap"] == pytest.approx(gap)
+
+
+def hand_accuracy(model, features: Path, store: str, clips: list[str] | None = None) -> float:
+    """Accuracy of `model` on a store's clips (those named in `clips`), without ascsharp."""
+    table = pd.read_csv(features / f"{store}.tsv", sep="\t")
+    rows = table["filename"].isin(clips).to_numpy() if clips else np.ones(len(table), bool)
+    x = torch.from_numpy(np.load(features / f"{store}.npy")[rows])
+    y = torch.tensor([SCENES.index(s) for s in table["scene"][rows]])
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
 def test_resume_after_kill_equals_uninterrupted_run(feature_store, tmp_path, monkeypatch):
     full = train_into(feature_store, RUN, tmp_path / "full", SETTINGS, device=CPU)
 
@@ -110,6 +143,11 @@ def test_paper_selection_trains_on_all_of_fold1_train_and_selects_on_test(featur
     history = pd.read_csv(tmp_path / "m" / "history.tsv", sep="\t")
     best = history["select_accuracy"].max()
     assert metrics["test"]["accuracy"] == pytest.approx(best)
+    # What is selected on and reported is the test fold, known by its size and its devices
+    # (the validation hold-out has 30 clips of devices a, b and s1).
+    test_fold = pd.read_csv(feature_store / "test.tsv", sep="\t")
+    assert metrics["test"]["n"] == len(test_fold) == 60
+    assert set(metrics["test"]["by_device"]) == set(test_fold["device"]) == {"a", "c", "s4", "s5"}
 
 
 def test_divergence_is_recorded_not_raised(feature_store, tmp_path):
