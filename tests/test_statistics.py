@@ -487,8 +487,10 @@ def test_each_subset_keeps_exactly_its_runs_and_correlates_only_them():
     for subset, rows in want.items():
         assert list(run_summary.subset_runs(summary, subset)["run"]) == [f"run{i}" for i in rows]
     table = run_summary.run_correlations(summary, n_boot=0, seed=0)
-    pooled = table[(table.group == "all") & (table.method == "kendall")
-                   & (table.measure == "mean_sharpness") & (table.target == "test_all")]  # fmt: skip
+    pooled = table.query(
+        "group == 'all' and method == 'kendall' and measure == 'mean_sharpness' "
+        "and target == 'test_all'"
+    )
     for subset, rows in want.items():
         (row,) = pooled[pooled.subset == subset].itertuples()
         runs = summary.loc[rows]

@@ -77,8 +77,9 @@ def _jobs(proc) -> list[dict]:
         resources = dict(
             item.split("=", 1) for item in fields.get("resources", "").split(", ") if "=" in item
         )
-        jobs.append({"rule": head[1], "output": fields.get("output", ""),
-                     "wildcards": fields.get("wildcards", ""), "resources": resources})  # fmt: skip
+        jobs.append({"rule": head[1], "input": fields.get("input", ""),
+                     "output": fields.get("output", ""), "wildcards": fields.get("wildcards", ""),
+                     "resources": resources})  # fmt: skip
     return jobs
 
 
@@ -231,6 +232,37 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
             told = any(arg.startswith("features:slurm_partition=") for arg in cmd)
             if job[0] == "features" and not told:
                 assert "slurm_partition" not in res, shlex.join(cmd)
+
+
+GPU_RULES = {"train", "landscape_shard", "measure"}
+
+
+def test_a_retried_gpu_job_asks_for_attempt_times_the_time_and_memory(tmp_path):
+    """A job killed for time or memory is resubmitted with `attempt` 2 and must ask for twice
+    as much of both. Snakemake hands a job's attempt to the job's own Snakemake as `--attempt`;
+    a dry run with it lists the resources a retry is given, for every GPU job of the tiny DAG."""
+    work = copy_project(tmp_path)
+    jobs = _jobs(snakemake(work, "-n", "--configfile", str(TINY)))
+    gpu_jobs = [j for j in jobs if j["resources"].get("gpu") == "1"]
+    assert {j["rule"] for j in gpu_jobs} >= GPU_RULES
+    # Memory is sized from the inputs: give every input of a GPU job a size (sparse files).
+    for path in {f for j in gpu_jobs for f in j["input"].split(", ")}:
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        with open(work / path, "wb") as f:
+            f.truncate(3 * 2**20)
+
+    def resources(attempt: int) -> dict[tuple[str, str], dict[str, str]]:
+        proc = snakemake(work, "-n", "--attempt", str(attempt), "--configfile", str(TINY))
+        return {(j["rule"], j["wildcards"]): j["resources"] for j in _jobs(proc)
+                if j["resources"].get("gpu") == "1"}  # fmt: skip
+
+    first, retry = resources(1), resources(2)
+    assert len(first) == len(gpu_jobs) and {rule for rule, _ in first} >= GPU_RULES
+    assert set(retry) == set(first)
+    for job, asked in first.items():
+        for key in ("runtime", "mem_mb"):
+            assert int(asked[key]) > 0, (job, key)
+            assert int(retry[job][key]) == 2 * int(asked[key]), (job, key)
 
 
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
