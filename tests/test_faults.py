@@ -359,8 +359,11 @@ def test_a_rerun_removes_stale_temporaries_of_its_own_outputs(small_set, tmp_pat
     other = out / ".test.ab_12xyz.tmp.npy"
     for p in [*stale, other]:
         p.write_bytes(b"debris")
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert cli.main(_features_argv(small_set, out, 1)) == 0
     assert _debris(out) == [other.name]
+    # In-process callers (these tests) get their own signal handlers back.
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
 
     (tmp_path / ".tau2.qwertyui.tmp").mkdir()
     (tmp_path / ".tau2.qwertyui.tmp" / "half.wav").write_bytes(b"debris")

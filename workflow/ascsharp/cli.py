@@ -958,9 +958,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
     from .io import Terminated, handle_termination, one_line
 
-    handle_termination()  # SIGTERM/SIGINT unwind like an error: temporaries are removed
     try:
-        args.func(args)
+        with handle_termination():  # SIGTERM/SIGINT unwind like an error: temporaries removed
+            args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         # One line naming the file or key; the traceback adds nothing for bad input.
         args._parser.exit(2, f"ascsharp {args.command}: error: {one_line(e)}\n")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
@@ -124,15 +125,24 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-def handle_termination() -> None:
-    """Make SIGTERM (Slurm's time limit, scancel, Snakemake) and SIGINT (Ctrl-C) raise
-    Terminated in the main thread, so that they run the same cleanup as an exception."""
+@contextlib.contextmanager
+def handle_termination() -> Iterator[None]:
+    """Within the block, SIGTERM (Slurm's time limit, scancel, Snakemake) and SIGINT (Ctrl-C)
+    raise Terminated in the main thread, so that they run the same cleanup as an exception;
+    the previous handlers come back after it (for callers that run a command in-process)."""
 
     def raise_terminated(signum: int, frame) -> None:
         raise Terminated(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, raise_terminated)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; the process's own stay in force
+        return
+    previous = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def previous_marker(root: Path, marker: str, what: str) -> dict[str, Any] | None:
