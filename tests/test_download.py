@@ -72,6 +72,7 @@ class FakeZenodo(http.server.ThreadingHTTPServer):
         self.legacy = False  # serve the pre-2023 record layout
         self.cut_once: dict[str, int] = {}  # key -> bytes after which the first reply drops
         self.ignore_range = False
+        self.give_up_after: int | None = None  # file requests answered before 404s
         self.requests: list[tuple[str, str | None]] = []
 
     @property
@@ -118,7 +119,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/api/records/1":
             return self._send(200, json.dumps(srv.record()).encode(), {})
         key = self.path.removeprefix("/files/")
-        if key not in srv.files:
+        if key not in srv.files or len(srv.file_gets()) > (srv.give_up_after or float("inf")):
             return self._send(404, b"not found", {})
         data = srv.files[key]
         start = 0

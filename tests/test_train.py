@@ -160,12 +160,12 @@ def test_divergence_is_recorded_not_raised(feature_store, tmp_path):
     assert (tmp_path / "m" / "model.pt").exists()
 
 
-def test_resume_checkpoint_of_another_run_is_refused(feature_store, tmp_path):
+def test_resume_checkpoint_of_another_run_is_discarded(feature_store, tmp_path, caplog):
     out = tmp_path / "m"
     out.mkdir()
     torch.save({"run": "other", "settings": {}}, out / RESUME_FILE)
-    with pytest.raises(ValueError, match="belongs to another run"):
-        train_into(feature_store, RUN, out, SETTINGS)
+    train_into(feature_store, RUN, out, replace(SETTINGS, epochs=1))
+    assert (out / "model.pt").exists() and not (out / RESUME_FILE).exists()
 
 
 def test_truncated_or_foreign_model_file_is_refused_by_name(feature_store, tmp_path):

@@ -154,13 +154,23 @@ def _features(args):
     from dataclasses import asdict
 
     from .features import extract_store
-    from .io import provenance, write_json
+    from .io import provenance
     from .meta import validate_dataset
 
     folds = validate_dataset(
         args.root, audio_sample_rate=args.audio_sample_rate, clip_seconds=args.clip_seconds
     )
     mel = _mel_config(args)
+    # Self-describing store: what was extracted from where, with which settings and code.
+    settings = {
+        "dataset_root": str(args.root),
+        "fold": args.fold,
+        "clips": len(folds[args.fold]),
+        "dtype": args.dtype,
+        "clip_seconds": args.clip_seconds,
+        "mel": asdict(mel),
+        "provenance": provenance(),
+    }
     extract_store(
         args.root,
         folds[args.fold],
@@ -170,17 +180,9 @@ def _features(args):
         dtype=args.dtype,
         threads=args.threads,
         clip_seconds=args.clip_seconds,
+        out_json=args.out_json,
+        settings=settings,
     )
-    # Self-describing store: what was extracted from where, with which settings and code.
-    write_json(args.out_json, {
-        "dataset_root": str(args.root),
-        "fold": args.fold,
-        "clips": len(folds[args.fold]),
-        "dtype": args.dtype,
-        "clip_seconds": args.clip_seconds,
-        "mel": asdict(mel),
-        "provenance": provenance(),
-    })  # fmt: skip
 
 
 def _holdout_args(p):
@@ -954,13 +956,17 @@ def main(argv: list[str] | None = None) -> int:
         # Never more threads than CPUs this process may use: `--cores 8` on a 2-core laptop
         # would otherwise oversubscribe every job and slow the whole run down.
         torch.set_num_threads(max(1, min(threads, len(os.sched_getaffinity(0)))))
-    from .io import one_line
+    from .io import Terminated, handle_termination, one_line
 
     try:
-        args.func(args)
+        with handle_termination():  # SIGTERM/SIGINT unwind like an error: temporaries removed
+            args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         # One line naming the file or key; the traceback adds nothing for bad input.
         args._parser.exit(2, f"ascsharp {args.command}: error: {one_line(e)}\n")
+    except Terminated as e:
+        message = f"ascsharp {args.command}: {e}; temporary files removed\n"
+        args._parser.exit(128 + e.signum, message)
     return 0
 
 

@@ -9,6 +9,7 @@ one-line message naming the key, before any job starts.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -114,8 +115,22 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict[s
             key = f"{where}.{unknown[0]}" if where != "(top level)" else unknown[0]
             raise ConfigError(f"{source}: unknown key {key!r}")
         raise ConfigError(f"{source}: {_key_path(e)}: {e.message}")
+    _check_finite(config, source)
     _check_consistency(config, source)
     return config
+
+
+def _check_finite(value: Any, source: str, key: str = "") -> None:
+    """Refuse NaN and infinities (YAML `.nan`, `-.inf`) anywhere: the schema's `number` type
+    and its bounds let them through (every comparison with NaN is false)."""
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            _check_finite(sub, source, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            _check_finite(sub, source, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key}: {value} is not a finite number")
 
 
 def _check_consistency(config: dict[str, Any], source: str) -> None:

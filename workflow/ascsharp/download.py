@@ -15,15 +15,16 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-from ascsharp.io import previous_marker, publish_dir
+from ascsharp.io import one_line, previous_marker, publish_dir, staging_dir
 from ascsharp.meta import DOWNLOAD_MARKER, validate_dataset
 from ascsharp.progress import Progress, get_logger
 
@@ -48,6 +49,8 @@ def fetch_record(api_url: str) -> list[FileEntry]:
     Current: `files: [{key, size, checksum: "md5:<hex>", links: {self}}]`; legacy (before the
     2023 migration): `files: [{filename, filesize, checksum, links: {download}}]`.
     """
+    if urllib.parse.urlsplit(api_url).scheme not in ("https", "http"):
+        raise ValueError(f"{api_url}: not an https:// record URL (dataset.download.api)")
     request = urllib.request.Request(
         api_url, headers={"Accept": "application/json", "User-Agent": USER_AGENT}
     )
@@ -80,6 +83,11 @@ def _entry(api_url: str, f: dict) -> FileEntry:
         raise ValueError(f"{api_url}: {key}: no MD5 checksum (got {checksum!r})")
     if PurePosixPath(key).name != key or key in (".", ".."):
         raise ValueError(f"{api_url}: unsafe file name {key!r}")
+    # A record may not send us elsewhere than the web (file://, ftp://...) nor downgrade to
+    # plain http: https only, unless the API itself was given as http (a local mirror).
+    allowed = {"https", urllib.parse.urlsplit(api_url).scheme}
+    if urllib.parse.urlsplit(str(url)).scheme not in allowed:
+        raise ValueError(f"{api_url}: {key}: link {url!r} is not https; refusing to follow it")
     return FileEntry(key=key, size=size, md5=digest.lower(), url=url)
 
 
@@ -104,8 +112,10 @@ def download_file(
     """Fetch `url` to `dest`, resuming `dest.part`, and give it its name only once MD5 matches.
 
     A dropped connection is retried from where it stopped (Range request); a server that
-    ignores Range (200 instead of 206) makes it start again from 0. A complete file of the
-    wrong checksum is deleted and reported, since downloading it again would give the same.
+    ignores Range (200 instead of 206) makes it start again from 0. Every failed attempt,
+    a server that sends more bytes than the record's size included, counts against `retries`,
+    so the download always ends. A complete file of the wrong checksum is deleted and
+    reported, since downloading it again would give the same.
     """
     dest = Path(dest)
     log = log or get_logger()
@@ -122,9 +132,15 @@ def download_file(
     while True:
         have = part.stat().st_size if part.exists() else 0
         if have > size:
-            log.warning("%s: %d bytes, more than the expected %d; restarting", part, have, size)
             part.unlink()
-            have = 0
+            attempt += 1
+            if attempt > retries:
+                raise OSError(
+                    f"{dest.name}: the server sent {have} bytes, the record says {size} "
+                    f"({retries} retries); the record or {url} is wrong, {part} deleted"
+                )
+            log.warning("%s: %d bytes, more than the expected %d; restarting", part, have, size)
+            continue
         if have == size:
             break
         try:
@@ -225,9 +241,7 @@ def download_dataset(
         download_file(e.url, downloads_dir / e.key, e.size, e.md5, log=log)
         progress.update(1, e.key)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
+    with staging_dir(root) as tmp:
         zips = [downloads_dir / e.key for e in entries if e.key.endswith(".zip")]
         unpacking = Progress(len(zips), "zips", log)
         for z in zips:
@@ -240,9 +254,6 @@ def download_dataset(
         )
         (tmp / DOWNLOAD_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         publish_dir(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _previous_download(root: Path, marker: dict) -> bool:
@@ -256,11 +267,17 @@ def _previous_download(root: Path, marker: dict) -> bool:
 
 
 def _unpack(zip_path: Path, dest: Path) -> None:
-    """Extract `zip_path` into `dest`, dropping its single top folder if it has one."""
+    """Extract `zip_path` into `dest`, dropping its single top folder if it has one.
+
+    Every failure names the zip: a damaged member (bad CRC, truncated data) asks for the zip to
+    be deleted and downloaded again; a member name that clashes with another is refused.
+    """
     try:
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as e:
-        raise ValueError(f"{zip_path}: not a zip file ({e})") from None
+        raise ValueError(
+            f"{zip_path}: not a zip file ({e}); delete it to download it again"
+        ) from None
     with archive:
         members = archive.infolist()
         parts = []
@@ -273,14 +290,29 @@ def _unpack(zip_path: Path, dest: Path) -> None:
         strip = len(tops) == 1 and all(
             len(ps) > 1 or m.is_dir() for m, ps in zip(members, parts, strict=True)
         )
+        seen: set[tuple[str, ...]] = set()
         for m, ps in zip(members, parts, strict=True):
             rel = ps[1:] if strip else ps
             if not rel:
                 continue
+            if not m.is_dir() and rel in seen:
+                raise ValueError(f"{zip_path}: member {m.filename!r} appears twice; refusing it")
+            seen.add(rel)
             target = dest.joinpath(*rel)
-            if m.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(m) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, MIB)
+            try:
+                if m.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, MIB)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise ValueError(
+                    f"{zip_path}: member {m.filename!r} is damaged ({one_line(e)}); "
+                    "delete the zip to download it again"
+                ) from None
+            except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+                raise ValueError(
+                    f"{zip_path}: member {m.filename!r} clashes with another file of the data "
+                    f"set ({e.strerror}); the zip does not fit this record"
+                ) from None

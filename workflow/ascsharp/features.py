@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torchaudio
 
-from ascsharp.io import atomic_path, one_line
+from ascsharp.io import atomic_path, one_line, write_json
 from ascsharp.meta import CLIP_COLUMNS, DatasetError
 from ascsharp.progress import Progress, get_logger
 from ascsharp.seeds import derive_seed
@@ -133,6 +133,9 @@ def load_audio(path: str | Path, target_sr: int) -> torch.Tensor:
         raise DatasetError(f"{path}: {data.shape[1]} channels, expected mono")
     if data.shape[0] == 0:
         raise DatasetError(f"{path}: no samples")
+    if not np.isfinite(data).all():  # float WAVs can hold NaN/inf: they would poison the mels
+        bad = int(np.flatnonzero(~np.isfinite(data[:, 0]))[0])
+        raise DatasetError(f"{path}: non-finite sample (NaN or inf) at sample {bad}; fix the file")
     x = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     if sr != target_sr:
         x = _resampler(sr, target_sr)(x)
@@ -168,16 +171,21 @@ def extract_store(
     clip_seconds: float | None,
     threads: int = 1,
     tolerance_seconds: float = 0.1,
+    out_json: str | Path | None = None,
+    settings: dict | None = None,
 ) -> None:
     """Write the log-mels of every clip of `table` (one fold) to one (N, n_mels, frames) array
-    and its index TSV: the fold's feature store.
+    and its index TSV: the fold's feature store; with `out_json`, also its `settings` file.
 
     Every clip is padded/trimmed to the sample count of `clip_seconds` (or of the first clip),
     so the store is one rectangular array; a clip off by more than `tolerance_seconds` is an
-    error naming the file. Both outputs appear only if every clip succeeded (the array first,
-    then the index). Work runs on `threads` threads with one torch thread each: decoding,
-    resampling and torch ops all release the GIL, and one intra-op thread per clip avoids
-    oversubscribing the cores Snakemake granted.
+    error naming the file. The outputs appear only if every clip succeeded. An earlier store
+    at these paths is deleted first, and the new files are renamed into place index, array,
+    settings: a job killed at any point leaves some of the new files and none of the old, so
+    an array never meets an index of other clips (load_features refuses a missing file).
+    Work runs on `threads` threads with one torch thread each: decoding, resampling and torch
+    ops all release the GIL, and one intra-op thread per clip avoids oversubscribing the cores
+    Snakemake granted.
     """
     root = Path(root)
     if dtype not in STORE_DTYPES:
@@ -191,6 +199,9 @@ def extract_store(
         raise ValueError("clip table already has a 'row' column")
     if len(table) == 0:
         raise ValueError(f"{out_npy}: no clips to extract")
+    outputs = [Path(p) for p in (out_json, out_npy, out_tsv) if p is not None]
+    for p in outputs:
+        p.unlink(missing_ok=True)
     index = table.reset_index(drop=True)
     index.insert(0, "row", np.arange(len(index), dtype=np.int64))
     paths = [root / f for f in index["filename"]]
@@ -213,7 +224,8 @@ def extract_store(
             with torch.inference_mode():
                 return logmel(_fit_length(wave, n_samples, tolerance, paths[i], sr)).numpy()
 
-        with atomic_path(out_tsv) as tmp_tsv, atomic_path(out_npy) as tmp_npy:
+        # Nested so that the index is renamed first and the array (the costly part) last.
+        with atomic_path(out_npy) as tmp_npy, atomic_path(out_tsv) as tmp_tsv:
             out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=dtype, shape=shape)
             ticker = _Ticker(Progress(len(index), "clips", logger=log))
 
@@ -226,17 +238,22 @@ def extract_store(
                 for i in range(1, len(index)):
                     job(out, i)
             else:
-                with ThreadPoolExecutor(max_workers=threads) as pool:
+                pool = ThreadPoolExecutor(max_workers=threads)
+                try:
                     futures = [pool.submit(job, out, i) for i in range(1, len(index))]
                     wait(futures, return_when=FIRST_EXCEPTION)
-                    for f in futures:
-                        f.cancel()  # stop queued clips after a failure; no-op once all ran
-                    for f in futures:
-                        if not f.cancelled() and f.exception() is not None:
-                            raise f.exception()  # type: ignore[misc]
+                finally:
+                    # After a failed clip or a signal, drop the queued clips and do not wait
+                    # for the running ones: the temporary array goes at once. No-op if all ran.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                for f in futures:
+                    if not f.cancelled() and f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
             out.flush()
             del out  # unmap before the rename
             index.to_csv(tmp_tsv, sep="\t", index=False)
+        if out_json is not None:
+            write_json(out_json, settings or {})
     finally:
         torch.set_num_threads(old_threads)
 

@@ -148,7 +148,7 @@ def fingerprint(tensors: Iterable[Tensor]) -> str:
     for t in tensors:
         t = t.detach().to("cpu").contiguous()
         h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # no copy: stores are large
     return h.hexdigest()
 
 

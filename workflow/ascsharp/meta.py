@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -98,6 +98,17 @@ def parse_filename(filename: str) -> ClipInfo:
     return ClipInfo(filename, scene, city, f"{city}-{location_id}", segment, device)
 
 
+def _check_audio_path(path: Path, filename: str) -> None:
+    """A listed clip must be `audio/<name>.wav` inside the data set: no `..`, no absolute
+    path, no other folder, so that a listing can never make a job read files elsewhere."""
+    parts = PurePosixPath(filename).parts
+    if len(parts) != 2 or parts[0] != "audio" or parts[1] in (".", "..") or "\\" in filename:
+        raise DatasetError(
+            f"{path}: {filename!r} is not audio/<file>.wav inside the data set folder; "
+            "fix the listing"
+        )
+
+
 def _read_tsv(path: Path, columns: list[str]) -> list[dict[str, str]]:
     if not path.is_file():
         raise DatasetError(f"{path}: missing")
@@ -105,7 +116,10 @@ def _read_tsv(path: Path, columns: list[str]) -> list[dict[str, str]]:
         reader = csv.DictReader(f, delimiter="\t")
         if reader.fieldnames != columns:
             raise DatasetError(f"{path}: columns {reader.fieldnames}, expected {columns}")
-        return list(reader)
+        rows = list(reader)
+    for r in rows:
+        _check_audio_path(path, r["filename"])
+    return rows
 
 
 def clip_table(filenames: list[str]) -> pd.DataFrame:

@@ -129,6 +129,8 @@ def sharpness(
     iy, ix = np.unravel_index(int(np.argmax(region_loss)), loss.shape)
     max_loss = float(region_loss[iy, ix])
     nonfinite = int((mask & ~finite).sum())
+    if math.isfinite(ref) and ref <= -1.0:  # the formula divides by 1 + ref
+        raise ValueError(f"reference loss {ref} <= -1: not a cross-entropy surface")
     if not math.isfinite(ref):
         value = math.nan
     else:

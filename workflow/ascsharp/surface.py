@@ -131,13 +131,22 @@ def _read_shard(path: Path) -> dict[str, Any]:
                     "split", "meta_json"}  # fmt: skip
             if not need <= keys:
                 raise ValueError(f"{path}: not a landscape shard (missing {sorted(need - keys)})")
-            return {k: z[k] for k in z.files}
+            shard = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise ValueError(f"{path}: shard file not found") from None
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         if str(e).startswith(str(path)):
             raise
         raise ValueError(f"{path}: unreadable shard ({e})") from None
+    n = shard["indices"].shape
+    for key in ("indices", "loss", "acc"):
+        if shard[key].dtype.kind not in ("iu" if key == "indices" else "iuf"):
+            raise ValueError(f"{path}: {key} is not numeric ({shard[key].dtype}); rerun its job")
+        if shard[key].ndim != 1 or shard[key].shape != n:
+            raise ValueError(
+                f"{path}: {key} has shape {shard[key].shape}, indices {n}; rerun its job"
+            )
+    return shard
 
 
 def gather(
@@ -235,7 +244,12 @@ def read_surface(
             for name in ("xcoordinates", "ycoordinates", key):
                 if name not in f:
                     raise ValueError(f"{path}: missing dataset {name!r}")
-                arrays[name] = np.asarray(f[name][...], dtype=np.float64)
+                try:
+                    arrays[name] = np.asarray(f[name][...], dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"{path}: dataset {name!r} is not numeric ({f[name].dtype})"
+                    ) from None
     except OSError as e:
         raise ValueError(f"{path}: not a readable HDF5 surface ({e})") from None
     x, y, loss = arrays["xcoordinates"], arrays["ycoordinates"], arrays[key]
@@ -243,6 +257,11 @@ def read_surface(
         raise ValueError(
             f"{path}: {key!r} has shape {loss.shape}, expected (len(ycoordinates), "
             f"len(xcoordinates)) = ({len(y)}, {len(x)})"
+        )
+    if (loss < 0).any():  # NaN/inf are diverged points (sharpness handles them); < 0 is no loss
+        raise ValueError(
+            f"{path}: {key!r} holds {float(loss[loss < 0].min())} < 0, which no cross-entropy "
+            "takes; recompute the surface"
         )
     return x, y, loss
 

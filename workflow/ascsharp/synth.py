@@ -18,8 +18,6 @@ import io
 import json
 import logging
 import numbers
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from scipy.fft import next_fast_len
 
-from ascsharp.io import previous_marker, publish_dir
+from ascsharp.io import previous_marker, publish_dir, staging_dir
 from ascsharp.meta import (
     CITIES,
     DEVICES,
@@ -257,17 +255,12 @@ def generate_dataset(
         seed, params["cities"], params["locations_per_city"], params["segments_per_location"]
     )
     summary = _summarise(plan)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
+    with staging_dir(root) as tmp:
         _write_audio(tmp, plan, seed, sample_rate, params["clip_seconds"], log)
         _write_tables(tmp, plan)
         marker = {"parameters": params, "summary": summary}
         (tmp / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         publish_dir(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "%s: %d clips (train %d, evaluate %d)",
         root,

@@ -6,6 +6,8 @@ its last checkpoint continues exactly as if it had never stopped (on CPU; bit-id
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -111,8 +113,10 @@ def train(
     def split(name: str) -> Clips:
         return load_split(name, train=files.train, test=files.test, holdout=files.holdout)
 
-    fit = split("train_all" if paper else "train").to(device)
-    select = split("test" if paper else "validation").to(device)
+    fit = split("train_all" if paper else "train")
+    select = split("test" if paper else "validation")
+    resume_key = resume_fingerprint(run, settings, feature_settings, fit, select)
+    fit, select = fit.to(device), select.to(device)
     test = select if paper else split("test").to(device)
     job = Job(run, parse_run_id(run), settings, files, fit, select, test, feature_settings)
     log.info(
@@ -133,7 +137,7 @@ def train(
     stepper = make_stepper(hp["optimizer"], model, hp["lr"], seed=derive_seed(run, "optimizer"))
 
     resume_file = job.files.resume
-    state = _resume(resume_file, job, model, stepper, log)
+    state = _resume(resume_file, resume_key, job, model, stepper, log)
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         if state.diverged:
             break
@@ -161,7 +165,7 @@ def train(
             row["select_accuracy"],
             row["clips_per_s"],
         )
-        _save_resume(resume_file, job, model, stepper, state)
+        _save_resume(resume_file, resume_key, job, model, stepper, state)
 
     return _finish(job, model, state, log)
 
@@ -224,7 +228,36 @@ def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _resume(path: Path, job: Job, model, stepper, log) -> TrainState:
+# Settings read only once training has ended: a checkpoint of epoch k is the same for any of
+# their values (no schedule depends on the epoch count), so they are not part of its key.
+_FINISH_ONLY_SETTINGS = ("epochs", "converged_min_train_accuracy")
+
+
+def resume_fingerprint(
+    run: str,
+    settings: TrainSettings,
+    feature_settings: dict[str, Any],
+    fit: Clips,
+    select: Clips,
+) -> str:
+    """What a resume checkpoint's epochs depend on: the run id (seeds, hyperparameters), the
+    training and feature settings, and the data itself: features, labels and clip names of the
+    clips trained on and selected on (so also the hold-out and the stores' contents). The test
+    clips are not in it: they are read only after the last epoch."""
+    from .landscape import fingerprint
+
+    trained = {k: v for k, v in asdict(settings).items() if k not in _FINISH_ONLY_SETTINGS}
+    h = hashlib.sha256()
+    h.update(json.dumps([run, trained, feature_settings], sort_keys=True, default=str).encode())
+    for clips in (fit, select):
+        h.update(fingerprint([clips.x, clips.y]).encode())
+        h.update("\n".join(clips.table["filename"]).encode())
+    return h.hexdigest()
+
+
+def _resume(path: Path, key: str, job: Job, model, stepper, log) -> TrainState:
+    """The state saved after the last finished epoch, if `path` was written for exactly these
+    inputs (`key`); a checkpoint of other data, settings or run is deleted with a log line."""
     if not path.exists():
         return TrainState()
     try:
@@ -234,18 +267,25 @@ def _resume(path: Path, job: Job, model, stepper, log) -> TrainState:
             f"{path}: unreadable resume checkpoint ({type(e).__name__}); "
             "delete it to start the run afresh"
         ) from None
-    if saved.get("run") != job.run or saved.get("settings") != asdict(job.settings):
-        raise ValueError(f"{path}: belongs to another run or settings; delete it to start afresh")
+    saved = saved if isinstance(saved, dict) else {}
+    epoch = saved.get("state", {}).get("epoch")
+    if saved.get("fingerprint") != key or not isinstance(epoch, int) or epoch > job.settings.epochs:
+        log.warning(
+            "%s: written for other data, settings or run; discarded, training from epoch 1", path
+        )
+        path.unlink()
+        return TrainState()
     model.load_state_dict(saved["model"])
     stepper.load_state_dict(saved["stepper"])
-    log.info("resuming %s after epoch %d", job.run, saved["state"]["epoch"])
+    log.info("resuming %s after epoch %d", job.run, epoch)
     return TrainState(**saved["state"])
 
 
-def _save_resume(path: Path, job: Job, model, stepper, state: TrainState) -> None:
+def _save_resume(path: Path, key: str, job: Job, model, stepper, state: TrainState) -> None:
     with atomic_path(path) as tmp:
         torch.save(
             {
+                "fingerprint": key,
                 "run": job.run,
                 "settings": asdict(job.settings),
                 "model": model.state_dict(),
