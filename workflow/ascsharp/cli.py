@@ -324,6 +324,14 @@ def _shard_args(p):
         required=True,
         help="torch.compile the forward (on CUDA only)",
     )
+    p.add_argument(
+        "--refine-radius",
+        type=float,
+        default=None,
+        help="with a fast --precision, re-evaluate in IEEE float32 the points that decide the "
+        "sharpness within this radius (sharpness.radius), so that it is IEEE-exact; the shard "
+        "must hold the whole grid (--shards 1)",
+    )
     _grid_arguments(p)
 
 
@@ -346,6 +354,7 @@ def _landscape_shard(args):
         out=args.out,
         precision=args.precision,
         compile=args.compile,
+        refine_radius=args.refine_radius,
     )
 
 
