@@ -433,7 +433,8 @@ def _measure_args(p):
     g = p.add_argument_group("hessian (config: measures.hessian)")
     g.add_argument("--top-k", type=int, help="top eigenvalues by Lanczos")
     g.add_argument("--lanczos-tol", type=float, help="ARPACK relative accuracy")
-    g.add_argument("--trace-samples", type=int, help="Hutchinson vectors")
+    g.add_argument("--trace-samples", type=int, help="HVPs for the trace")
+    g.add_argument("--trace-estimator", choices=["hutchinson", "hutch++"], help="trace estimator")
     g = p.add_argument_group(
         "adaptive sharpness, Andriushchenko et al. 2023 (config: measures.adaptive_average, "
         "measures.adaptive_worst)"
