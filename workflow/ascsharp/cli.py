@@ -942,6 +942,27 @@ def _report_tables(args):
     )
 
 
+def _cost_args(p):
+    p.add_argument("benchmarks", type=Path, help="a finished run's benchmarks/ folder")
+    p.add_argument("--out", type=Path, help="also write the table here (.tsv)")
+
+
+@command(
+    "cost",
+    "CPU and GPU hours of a finished run, per rule, from its Snakemake benchmark files",
+    _cost_args,
+)
+def _cost(args):
+    from .cost import cost_table
+    from .io import atomic_path
+
+    table = cost_table(args.benchmarks)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, sep="\t", index=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ascsharp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
