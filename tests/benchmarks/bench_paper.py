@@ -31,6 +31,7 @@ import argparse
 import copy
 import functools
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,9 +212,16 @@ class Bench:
             x, y = self.clips(n)
             job = epoch_job(x, y, batch_size, self.width, amp=False)
             _train_epoch(job, 0, stepper, self.device, self.quiet)  # warm-up
+            if a.start_at:  # several processes: time the same window of wall time
+                late = time.time() - a.start_at
+                time.sleep(max(0.0, -late))
+                window = time.time()
             rows = [_train_epoch(job, e, stepper, self.device, self.quiet)
                     for e in range(1, a.epochs + 1)]  # fmt: skip
             clips_per_s = max(r["clips_per_s"] for r in rows)
+            if a.start_at:
+                print(f"  window {window:.3f} {time.time():.3f} clips {n * a.epochs} "
+                      f"(late {max(0.0, late):.1f} s)", flush=True)  # fmt: skip
             steps = batch_count(n, batch_size)
             # the unit is one epoch over the paper's clips: its steps at this step's time
             step_s = n / clips_per_s / steps
@@ -250,7 +258,8 @@ class Bench:
         batch = min(n, land["batch_size"])
         indices = list(range(self.args.points + 1))
         precisions = sorted(PRECISIONS) if self.cuda else ["float32", "bfloat16"]
-        variants = [(p, False) for p in precisions] + [(p, True) for p in precisions if self.cuda]
+        compiled = self.args.compiled if self.cuda else []
+        variants = [(p, False) for p in precisions] + [(p, True) for p in compiled]
         stamps = PointStamps()
         for arch, units in self.units["landscape"].items():
             model = self.model(arch).eval()
@@ -372,8 +381,21 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     ap.add_argument("--sam", action="store_true", help="also time SAM (not in the preset)")
     ap.add_argument("--epochs", type=int, default=1, help="timed training epochs (best kept)")
+    ap.add_argument(
+        "--start-at",
+        type=float,
+        default=None,
+        help="unix time at which to start the timed epochs (concurrent processes)",
+    )
     ap.add_argument("--train-clips", type=int, default=None, help="CUDA 512, CPU 2 batches")
     ap.add_argument("--landscape-clips", type=int, default=None, help="CUDA 512, CPU 16")
+    ap.add_argument(
+        "--compiled",
+        nargs="+",
+        choices=sorted(PRECISIONS),
+        default=["float32", "bfloat16"],
+        help="precisions also timed compiled (CUDA; about 20 s of compilation each)",
+    )
     ap.add_argument("--points", type=int, default=4, help="grid points timed after the first")
     ap.add_argument(
         "--lanczos-hvps",
@@ -384,8 +406,9 @@ def main() -> None:
     ap.add_argument(
         "--refined-points",
         type=int,
-        default=8,
-        help="assumed IEEE re-evaluated points per surface (landscape.refine)",
+        default=20,
+        help="assumed IEEE re-evaluated points per surface (landscape.refine; bench_refine.py "
+        "measures it: 21 of 121 for bfloat16 on a trained CNN10 at the reduced CPU size)",
     )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
