@@ -219,9 +219,11 @@ class Bench:
             rows = [_train_epoch(job, e, stepper, self.device, self.quiet)
                     for e in range(1, a.epochs + 1)]  # fmt: skip
             clips_per_s = max(r["clips_per_s"] for r in rows)
-            if a.start_at:
+            if a.start_at:  # no GEMM timing either: the others may still be in their window
                 print(f"  window {window:.3f} {time.time():.3f} clips {n * a.epochs} "
-                      f"(late {max(0.0, late):.1f} s)", flush=True)  # fmt: skip
+                      f"(late {max(0.0, late):.1f} s), best epoch {clips_per_s:,.1f} clips/s",
+                      flush=True)  # fmt: skip
+                continue
             steps = batch_count(n, batch_size)
             # the unit is one epoch over the paper's clips: its steps at this step's time
             step_s = n / clips_per_s / steps
