@@ -111,6 +111,7 @@ def test_run_ids_match_snakemake_paramspace():
         (minimal(train={"epochs": 0}), "train.epochs"),
         (minimal(train={"selection": "test"}), "train.selection"),
         (minimal(landscape={"shards": 200}), "landscape.shards: 200 shards for a grid of 121"),
+        (minimal(landscape={"precision": "bfloat16", "shards": 2}), "landscape.refine: re-eval"),
         (minimal(features={"fmax": 9000.0}), "features.fmax"),
         ({"grid": {"blocks": []}}, "grid.blocks"),
         ({"grid": {"blocks": [{**BLOCK, "optimizer": ["adamw"]}]}}, "grid.blocks[0].optimizer[0]"),

@@ -467,7 +467,8 @@ def strict_json(path: Path) -> dict:
 def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_store, model_file):
     outs = tmp_path / "measures" / RUN
     args = {
-        "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --batch-size 32",
+        "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --trace-estimator hutchinson "
+        "--batch-size 32",
         "adaptive_average": "--samples 3 --rho 0.05 --batch-size 64",
         "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64",
     }
@@ -501,7 +502,10 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
 def test_measure_cli_refuses_options_of_another_measure(
     tmp_path, feature_store, model_file, capsys
 ):
-    hessian = "--measure hessian --clips all --top-k 1 --trace-samples 2 --batch-size 32"
+    hessian = (
+        "--measure hessian --clips all --top-k 1 --trace-samples 2 --trace-estimator hutchinson "
+        "--batch-size 32"
+    )
     cases = {
         "--lanczos-tol 0.1 --samples 3": "--samples does not apply to --measure hessian",
         "": "--lanczos-tol is required with --measure hessian",  # the config's settings

@@ -18,9 +18,8 @@ rates are not. Run: `python tests/benchmarks/bench_landscape.py --naive [--model
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -31,7 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ascsharp.landscape import PRECISIONS, evaluate_points, forward_precision, make_directions
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    PAPER_CLIPS,
+    PAPER_FRAMES,
+    PointStamps,
+    forward_flops,
+    gemm_rate,
+    quiet_logger,
+    time_call,
+)
+
+from ascsharp.landscape import PRECISIONS, evaluate_points, make_directions
 from ascsharp.surface import Grid
 
 
@@ -143,9 +153,7 @@ def naive_main(argv: list[str]) -> None:
     side = int(np.ceil(np.sqrt(args.points)))
     grid = Grid(-0.25, 0.25, side, -0.25, 0.25, side)
     indices = list(range(args.points))
-    quiet = logging.getLogger("bench_landscape.quiet")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
+    quiet = quiet_logger("bench_landscape.quiet")
 
     with tempfile.TemporaryDirectory() as tmp:
         table = write_clip_files(x, y, Path(tmp))
@@ -173,8 +181,8 @@ def naive_main(argv: list[str]) -> None:
         # Interleaved and best-of, so that load from other processes hits both alike.
         times_ours, times_naive = [], []
         for _ in range(args.repeats):
-            times_ours.append(_time(ours))
-            times_naive.append(_time(naive))
+            times_ours.append(time_call(ours))
+            times_naive.append(time_call(naive))
     diff = max(abs(a[p][0] - b[p][0]) for p in indices)
     r_ours, r_naive = args.points / min(times_ours), args.points / min(times_naive)
     paired = sorted(n / o for o, n in zip(times_ours, times_naive, strict=True))
@@ -190,37 +198,6 @@ def naive_main(argv: list[str]) -> None:
         f"{paired[len(paired) // 2]:.2f}x median of paired runs "
         f"(max |loss difference| {diff:.2e})"
     )
-
-
-PAPER_CLIPS, PAPER_FRAMES = 13_962, 1001
-
-
-def gemm_rate(device: torch.device, precision: str = "float32") -> float:
-    """Dense GEMM FLOP/s of this device and thread count at `precision` (a key of
-    landscape.PRECISIONS): the practical peak that a forward at that precision is held to."""
-    cuda = device.type == "cuda"
-    n, repeats = (4096, 20) if cuda else (1024, 1)  # sizes at which each reaches its rate
-    dtype = PRECISIONS[precision] or torch.float32
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-
-    def run():
-        with forward_precision(device, precision):
-            for _ in range(repeats):
-                a @ b
-        if cuda:
-            torch.cuda.synchronize()
-
-    run()
-    return 2 * n**3 * repeats / min(_time(run) for _ in range(5))
-
-
-def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
-    return counter.get_total_flops()
 
 
 def peak_main(argv: list[str]) -> None:
@@ -296,8 +273,6 @@ def peak_main(argv: list[str]) -> None:
 
 def dispatch(naive, peak) -> None:
     """`--naive` runs the data-path comparison, anything else (or `--peak`) the peak fraction."""
-    import sys
-
     argv = sys.argv[1:]
     if "--naive" in argv:
         naive([a for a in argv if a != "--naive"])
@@ -307,35 +282,6 @@ def dispatch(naive, peak) -> None:
 
 def main() -> None:
     dispatch(naive_main, peak_main)
-
-
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-class PointStamps(logging.Handler):
-    """A logger for evaluate_points that notes when each grid point's progress line arrives."""
-
-    def __init__(self):
-        super().__init__()
-        self.logger = logging.getLogger("bench_landscape.points")
-        self.logger.addHandler(self)
-        self.logger.setLevel(logging.INFO)
-        self.logger.propagate = False
-        self.clear()
-
-    def clear(self) -> None:
-        self.t0, self.times = time.perf_counter(), []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("points "):
-            self.times.append(time.perf_counter())
-
-    def first_and_rest(self) -> tuple[float, float]:
-        """Seconds to the first point, and for all points after it."""
-        return self.times[0] - self.t0, self.times[-1] - self.times[0]
 
 
 if __name__ == "__main__":

@@ -18,10 +18,8 @@ Run: `python tests/benchmarks/bench_train.py [--naive] [--device cuda] ...`.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -30,15 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_landscape import (  # noqa: E402
-    PAPER_CLIPS,
-    PAPER_FRAMES,
-    NpyClips,
-    build,
-    dispatch,
-    gemm_rate,
-    write_clip_files,
-)
+from bench_common import PAPER_CLIPS, PAPER_FRAMES, gemm_rate, quiet_logger, time_call  # noqa: E402
+from bench_landscape import NpyClips, build, dispatch, write_clip_files  # noqa: E402
 
 from ascsharp.data import Clips, Store  # noqa: E402
 from ascsharp.optim import make_stepper  # noqa: E402
@@ -68,9 +59,7 @@ def peak_main(argv: list[str]) -> None:
     cuda = device.type == "cuda"
     precision = ("bfloat16" if args.amp else "tf32") if cuda else "float32"
     peak = gemm_rate(device, precision)
-    quiet = logging.getLogger("bench_train.quiet")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
+    quiet = quiet_logger("bench_train.quiet")
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     print(f"device={device} ({name}) threads={args.threads} arch={args.arch} "
           f"optimizer={args.optimizer} batch={args.batch_size} frames={args.frames} "
@@ -84,18 +73,7 @@ def peak_main(argv: list[str]) -> None:
         stepper = make_stepper(args.optimizer, model, 1e-4, seed=0)
         x = torch.randn(clips, 64, args.frames, device=device).to(getattr(torch, args.storage))
         y = torch.randint(0, 10, (clips,), device=device)
-        table = pd.DataFrame({"filename": [f"{i}.wav" for i in range(clips)]})
-        settings = TrainSettings(epochs=1, width=width, selection="validation",
-                                 eval_batch_size=256, amp=args.amp,
-                                 converged_min_train_accuracy=0.0)  # fmt: skip
-        fit = Clips(x, y, table)
-        unused = Store(Path("unused.npy"), Path("unused.tsv"))  # the data are in memory
-        files = TrainFiles(train=unused, test=unused, holdout=Path("unused.tsv"),
-                           model=Path("model.pt"), metrics=Path("metrics.json"),
-                           history=Path("history.tsv"))  # fmt: skip
-        job = Job(run="bench", hyperparameters={"batch_size": args.batch_size},
-                  settings=settings, files=files, fit=fit, select=fit, test=fit,
-                  feature_settings={})  # fmt: skip
+        job = epoch_job(x, y, args.batch_size, width, args.amp)
         with FlopCounterMode(display=False) as counter:
             stepper.step(x[: args.batch_size].float(), y[: args.batch_size])
         flops_per_clip = counter.get_total_flops() / args.batch_size
@@ -108,6 +86,20 @@ def peak_main(argv: list[str]) -> None:
               f"{clips} clips: {clips_per_s:,.1f} clips/s, {rate / 1e9:,.1f} GFLOP/s = "
               f"{rate / peak:.1%} of GEMM at {precision}; one paper epoch here: "
               f"{paper_epoch / 60:,.1f} min (extrapolated)")  # fmt: skip
+
+
+def epoch_job(x: torch.Tensor, y: torch.Tensor, batch_size: int, width: float, amp: bool) -> Job:
+    """A training job over the clips (x, y) in memory, for train._train_epoch."""
+    table = pd.DataFrame({"filename": [f"{i}.wav" for i in range(len(x))]})
+    settings = TrainSettings(epochs=1, width=width, selection="validation", eval_batch_size=256,
+                             amp=amp, converged_min_train_accuracy=0.0)  # fmt: skip
+    fit = Clips(x, y, table)
+    unused = Store(Path("unused.npy"), Path("unused.tsv"))  # the data are in memory
+    files = TrainFiles(train=unused, test=unused, holdout=Path("unused.tsv"),
+                       model=Path("model.pt"), metrics=Path("metrics.json"),
+                       history=Path("history.tsv"))  # fmt: skip
+    return Job(run="bench", hyperparameters={"batch_size": batch_size}, settings=settings,
+               files=files, fit=fit, select=fit, test=fit, feature_settings={})  # fmt: skip
 
 
 def ours_epoch(stepper, x, y, batch_size, device):
@@ -160,8 +152,8 @@ def naive_main(argv: list[str]) -> None:
         ours(), naive()  # warm-up
         t_ours, t_naive = [], []
         for _ in range(args.repeats):
-            t_ours.append(_time(ours, device))
-            t_naive.append(_time(naive, device))
+            t_ours.append(time_call(ours, device))
+            t_naive.append(time_call(naive, device))
     clips = (args.clips // args.batch_size) * args.batch_size
     r_ours, r_naive = clips / min(t_ours), clips / min(t_naive)
     print(
@@ -172,14 +164,6 @@ def naive_main(argv: list[str]) -> None:
     print(f"in-memory split:           {r_ours:9.1f} clips/s")
     print(f"per-clip files DataLoader: {r_naive:9.1f} clips/s")
     print(f"speed-up: {r_ours / r_naive:.2f}x (best of {args.repeats} epochs each)")
-
-
-def _time(fn, device) -> float:
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def main() -> None:

@@ -326,6 +326,14 @@ def _shard_args(p):
         required=True,
         help="torch.compile the forward (on CUDA only)",
     )
+    p.add_argument(
+        "--refine-radius",
+        type=float,
+        default=None,
+        help="with a fast --precision, re-evaluate in IEEE float32 the points that decide the "
+        "sharpness within this radius (sharpness.radius), so that it is IEEE-exact; the shard "
+        "must hold the whole grid (--shards 1)",
+    )
     _grid_arguments(p)
 
 
@@ -348,6 +356,7 @@ def _landscape_shard(args):
         out=args.out,
         precision=args.precision,
         compile=args.compile,
+        refine_radius=args.refine_radius,
     )
 
 
@@ -426,7 +435,8 @@ def _measure_args(p):
     g = p.add_argument_group("hessian (config: measures.hessian)")
     g.add_argument("--top-k", type=int, help="top eigenvalues by Lanczos")
     g.add_argument("--lanczos-tol", type=float, help="ARPACK relative accuracy")
-    g.add_argument("--trace-samples", type=int, help="Hutchinson vectors")
+    g.add_argument("--trace-samples", type=int, help="HVPs for the trace")
+    g.add_argument("--trace-estimator", choices=["hutchinson", "hutch++"], help="trace estimator")
     g = p.add_argument_group(
         "adaptive sharpness, Andriushchenko et al. 2023 (config: measures.adaptive_average, "
         "measures.adaptive_worst)"
@@ -932,6 +942,27 @@ def _report_tables(args):
         caption="The paper's claim, tested once per subset of runs: Holm-adjusted p-values "
         "(p_holm) within these rows; ci_low/ci_high: 95 % bootstrap interval over runs.",
     )
+
+
+def _cost_args(p):
+    p.add_argument("benchmarks", type=Path, help="a finished run's benchmarks/ folder")
+    p.add_argument("--out", type=Path, help="also write the table here (.tsv)")
+
+
+@command(
+    "cost",
+    "CPU and GPU hours of a finished run, per rule, from its Snakemake benchmark files",
+    _cost_args,
+)
+def _cost(args):
+    from .cost import cost_table
+    from .io import atomic_path
+
+    table = cost_table(args.benchmarks)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, sep="\t", index=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -152,6 +152,12 @@ def _check_consistency(config: dict[str, Any], source: str) -> None:
         raise ConfigError(
             f"{source}: landscape.shards: {land['shards']} shards for a grid of {points} points"
         )
+    if land["refine"] and land["precision"] != "float32" and land["shards"] > 1:
+        raise ConfigError(
+            f"{source}: landscape.refine: re-evaluating the points that decide the sharpness "
+            f"needs the whole grid in one job (landscape.shards: 1, not {land['shards']}); "
+            "or set landscape.refine: false"
+        )
     for axis in ("x", "y"):
         if land[axis]["min"] > land[axis]["max"]:
             raise ConfigError(f"{source}: landscape.{axis}: min is above max")

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,12 @@ PURPOSE = "landscape"
 # "tf32" allows that; "bfloat16"/"float16" autocast the forward. The loss is always summed in
 # float64. CPUs have no TF32, so there "tf32" is float32. bench_precision.py measures each.
 PRECISIONS = {"float32": None, "tf32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The stated error of a grid point's loss at a fast precision, relative to max(|loss|, 1):
+# |L_fast - L_IEEE| <= REFINE_RTOL[precision] * max(|L_fast|, 1): about twice the largest errors
+# that bench_precision.py measured on the demo models (2.5e-3, 4.3e-3 and 3.4e-2 at losses near
+# 2 for tf32, float16 and bfloat16). refine_surface widens it wherever a re-evaluated point
+# shows that it was too tight.
+REFINE_RTOL = {"tf32": 3e-3, "float16": 5e-3, "bfloat16": 3e-2}
 
 
 @contextlib.contextmanager
@@ -314,6 +320,60 @@ def evaluate_points(
     return {int(p): done[int(p)] for p in indices}
 
 
+def refine_surface(
+    fast: dict[int, tuple[float, float]],
+    evaluate_ieee: Callable[[list[int], int], dict[int, tuple[float, float]]],
+    grid: Grid,
+    radius: float,
+    rtol: float,
+    log: logging.Logger,
+) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
+    """The surface `fast` (every grid point, at a fast precision) with the points that decide
+    its sharpness re-evaluated in IEEE float32, so that every sharpness variant at `radius` is
+    the IEEE one (sharpness.decisive_points says which points and why).
+
+    `evaluate_ieee(points, round)` returns {p: (loss, acc)} in IEEE float32. The fast error
+    bound is rtol * max(|loss|, 1); where a re-evaluated point's error exceeds it, the bound is
+    widened to twice that error and the selection repeated, until every re-evaluated point is
+    within the bound in force. Returns the merged results and what to record: refined_points
+    (flat indices), refined_precision, refined_fast_loss, refine_rtol (the bound used) and
+    refine_max_error (the largest relative error seen).
+    """
+    from ascsharp.sharpness import decisive_points
+
+    if sorted(fast) != list(range(grid.n_points)):
+        raise ValueError("refining needs the whole grid in one job (landscape.shards: 1)")
+    x, y = grid.xcoordinates, grid.ycoordinates
+    loss = np.array([fast[p][0] for p in range(grid.n_points)]).reshape(grid.ynum, grid.xnum)
+    scale = np.maximum(np.abs(np.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)), 1.0)
+    exact: dict[int, tuple[float, float]] = {}
+    worst = 0.0
+    for rounds in range(grid.n_points + 1):  # each round adds a point or ends
+        todo = np.flatnonzero(decisive_points(x, y, loss, rtol * scale, radius))
+        todo = [int(p) for p in todo if int(p) not in exact]
+        if not todo:
+            break
+        exact.update(evaluate_ieee(todo, rounds))
+        errors = [abs(exact[p][0] - fast[p][0]) / scale.flat[p] for p in exact
+                  if math.isfinite(exact[p][0]) and math.isfinite(fast[p][0])]  # fmt: skip
+        worst = max(errors, default=0.0)
+        log.info("refine round %d: %d points re-evaluated in IEEE float32, largest relative "
+                 "error %.3g (bound %.3g)", rounds + 1, len(todo), worst, rtol)  # fmt: skip
+        if worst > rtol:
+            log.warning("fast error %.3g above the stated bound %.3g: widened to %.3g",
+                        worst, rtol, 2 * worst)  # fmt: skip
+            rtol = 2 * worst
+    points = sorted(exact)
+    info = {
+        "refined_points": points,
+        "refined_precision": "float32",
+        "refined_fast_loss": [fast[p][0] for p in points],
+        "refine_rtol": rtol,
+        "refine_max_error": worst,
+    }
+    return {**fast, **exact}, info
+
+
 def _seconds_since_process_start() -> float:
     """Wall time since this process started (Linux /proc; NaN elsewhere): the job's start-up
     cost, which decides how finely a surface may be sharded."""
@@ -339,6 +399,7 @@ def evaluate_shard(
     out: str | Path,
     precision: str,
     compile: bool,
+    refine_radius: float | None = None,
     device: str | torch.device | None = None,
 ) -> None:
     """One landscape job: load model, directions and clips, evaluate this shard, write it.
@@ -351,7 +412,9 @@ def evaluate_shard(
     Finished points go to `<out>.partial.json` as they are done, so a killed job rerun with the
     same inputs picks up where it stopped; the file is removed once the shard is written.
     `compile` applies on CUDA only: on a CPU its compilation (25 s for a small CNN10) was not
-    measured to pay back.
+    measured to pay back. With `refine_radius` and a fast `precision` (not float32), the points
+    that decide the sharpness at that radius are then re-evaluated in IEEE float32
+    (refine_surface; the shard must hold the whole grid), and the shard records which.
     """
     from .checkpoint import load_model
     from .data import load_clips
@@ -376,11 +439,27 @@ def evaluate_shard(
              "start-up %.1f s (process start to data in memory)",
              ckpt["run"], meta["direction_seed"], shard + 1, n_shards, len(indices),
              grid.n_points, len(data), split, device, _seconds_since_process_start())  # fmt: skip
+    x, y = data.x.to(device), data.y.to(device)
+    compile = compile and device.type == "cuda"
     results = evaluate_points(
-        model, dx, dy, data.x.to(device), data.y.to(device), grid, indices,
-        batch_size=batch_size, device=device, partial_path=partial, log=log, precision=precision,
-        compile=compile and device.type == "cuda",
+        model, dx, dy, x, y, grid, indices, batch_size=batch_size, device=device,
+        partial_path=partial, log=log, precision=precision, compile=compile,
     )  # fmt: skip
+    refinement: dict[str, Any] = {}
+    if refine_radius is not None and precision != "float32":
+        if n_shards != 1:
+            raise ValueError(f"refining needs the whole grid in one job, not {n_shards} shards")
+
+        def ieee(points: list[int], round_: int) -> dict[int, tuple[float, float]]:
+            return evaluate_points(
+                model, dx, dy, x, y, grid, points, batch_size=batch_size, device=device,
+                partial_path=out.with_name(f"{out.name}.refine{round_}.partial.json"), log=log,
+                precision="float32", compile=compile,
+            )  # fmt: skip
+
+        results, refinement = refine_surface(
+            results, ieee, grid, refine_radius, REFINE_RTOL[precision], log
+        )
     write_shard(out, grid, indices, results, {
         "run": ckpt["run"],
         "direction_seed": meta["direction_seed"],
@@ -391,5 +470,8 @@ def evaluate_shard(
         "clips_requested": clips,
         "clips": len(data),
         "precision": precision,
+        **refinement,
     })  # fmt: skip
     partial.unlink(missing_ok=True)
+    for done in out.parent.glob(f"{out.name}.refine*.partial.json"):
+        done.unlink()

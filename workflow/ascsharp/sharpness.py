@@ -151,6 +151,36 @@ def sharpness(
     }
 
 
+def decisive_points(
+    x: np.ndarray, y: np.ndarray, loss: np.ndarray, bound: np.ndarray, radius: float
+) -> np.ndarray:
+    """Mask [iy, ix] of the points whose exact loss may decide some sharpness at `radius`,
+    when each exact loss is known only to lie within loss ± bound (a fast forward's values).
+
+    Every variant (each region and reference) is decided by the grid minimum, the maximum in
+    its region and the loss at the origin. The exact minimum lies at a point whose lower bound
+    is at most the smallest upper bound; a region's exact maximum at a point whose upper bound
+    is at least the region's largest lower bound. Replacing the loss at these points, the
+    origin and every non-finite point by exact values therefore gives every sharpness variant
+    exactly: any other point's fast value is strictly inside (min, max) of the exact ones.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    bound = np.asarray(bound, dtype=np.float64)
+    finite = np.isfinite(loss)
+    decisive = ~finite
+    if finite.any():
+        lo, hi = loss - bound, loss + bound
+        decisive |= finite & (lo <= hi[finite].min())
+        for region in REGIONS:
+            inside = region_mask(x, y, radius, region) & finite
+            if inside.any():
+                decisive |= inside & (hi >= lo[inside].max())
+    origin = _origin(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    if origin is not None:
+        decisive[origin] = True
+    return decisive
+
+
 def sharpness_from_h5(
     path: str | Path, *, radius: float, reference: str, region: str
 ) -> dict[str, Any]:

@@ -38,13 +38,19 @@ rule landscape_shard:
         grid=grid_args(),
         clips=LAND["clips"] or "all",
         compile="--compile" if LAND["compile"] else "--no-compile",
+        # only where it acts, so that sharpness.radius reruns no float32 surface
+        refine=(
+            f"--refine-radius {config['sharpness']['radius']}"
+            if LAND["refine"] and LAND["precision"] != "float32"
+            else ""
+        ),
     shell:
         "ascsharp landscape-shard --model {input.model} --directions {input.directions}"
         " --features-npy {input.npy} --features-tsv {input.tsv}"
         " --split {params.land[split]} --clips {params.clips}"
         " --batch-size {params.land[batch_size]} --shards {params.land[shards]}"
         " --shard {wildcards.shard} {params.grid} --precision {params.land[precision]}"
-        " {params.compile}"
+        " {params.compile} {params.refine}"
         " --threads {threads} --out {output.shard} 2> {log}"
 
 
