@@ -70,8 +70,9 @@ def test_interpolating_a_model_with_itself_is_flat():
     model, (x, y) = trained_like(0), clips()
     alphas = alpha_grid(-0.5, 1.5, 9)
     for bn in ("interpolate", "recompute"):
-        out = interpolate_models(model, copy.deepcopy(model), x, y, alphas, bn_statistics=bn,
-                                 batch_size=8, device="cpu")  # fmt: skip
+        out = interpolate_models(
+            model, copy.deepcopy(model), x, y, alphas, bn_statistics=bn, batch_size=8, device="cpu"
+        )
         losses = [loss for loss, _ in out]
         assert max(losses) - min(losses) == 0.0, bn
 
@@ -80,8 +81,9 @@ def test_ends_are_the_two_models_and_the_middle_their_mean():
     a, b, (x, y) = trained_like(0), trained_like(1), clips()
     alphas = alpha_grid(-0.5, 1.5, 9)
     assert alphas[2] == 0.0 and alphas[6] == 1.0
-    out = interpolate_models(a, b, x, y, alphas, bn_statistics="interpolate", batch_size=8,
-                             device="cpu")  # fmt: skip
+    out = interpolate_models(
+        a, b, x, y, alphas, bn_statistics="interpolate", batch_size=8, device="cpu"
+    )
     assert out[2] == pytest.approx(own_loss(a, x, y), rel=1e-5)
     assert out[6] == pytest.approx(own_loss(b, x, y), rel=1e-5)
     assert out[2] != pytest.approx(out[6], rel=1e-3)  # the two models differ
@@ -89,13 +91,16 @@ def test_ends_are_the_two_models_and_the_middle_their_mean():
     sa, sb = a.state_dict(), b.state_dict()
     for i, alpha in ((4, 0.5), (8, 1.5)):
         mid = copy.deepcopy(a)
-        state = {k: (1 - alpha) * v + alpha * sb[k] if v.is_floating_point() else v
-                 for k, v in sa.items()}  # fmt: skip
+        state = {
+            k: (1 - alpha) * v + alpha * sb[k] if v.is_floating_point() else v
+            for k, v in sa.items()
+        }
         # Extrapolated variances below 0 are floored there (there are some at α = 1.5).
         negative = sum(int((v < 0).sum()) for k, v in state.items() if "running_var" in k)
         assert negative > 0 if alpha > 1 else negative == 0
-        mid.load_state_dict({k: v.clamp(min=0) if "running_var" in k else v
-                             for k, v in state.items()})  # fmt: skip
+        mid.load_state_dict(
+            {k: v.clamp(min=0) if "running_var" in k else v for k, v in state.items()}
+        )
         assert out[i] == pytest.approx(own_loss(mid, x, y), rel=1e-5)
     # The inputs are left as they were.
     assert all(torch.equal(v, a.state_dict()[k]) for k, v in sa.items())
@@ -119,8 +124,9 @@ def test_recomputed_statistics_are_the_clips_batch_statistics():
 
 def test_recompute_at_the_ends_gives_each_model_with_its_recomputed_statistics():
     a, b, (x, y) = trained_like(0), trained_like(1), clips()
-    out = interpolate_models(a, b, x, y, [0.0, 1.0], bn_statistics="recompute", batch_size=8,
-                             device="cpu")  # fmt: skip
+    out = interpolate_models(
+        a, b, x, y, [0.0, 1.0], bn_statistics="recompute", batch_size=8, device="cpu"
+    )
     for model, got in ((a, out[0]), (b, out[1])):
         fresh = copy.deepcopy(model)
         recompute_bn_statistics(fresh, x, 8)
@@ -136,8 +142,19 @@ def test_loss_barrier_closed_form():
 
 
 def test_default_pairs_are_seed_pairs_and_adam_sgd_twins():
-    runs = expand_grid({"blocks": [{"arch": ["cnn10", "cnn14"], "optimizer": ["adam", "sgd"],
-                                    "lr": [0.003], "batch_size": [16], "seed": [42, 43]}]})  # fmt: skip
+    runs = expand_grid(
+        {
+            "blocks": [
+                {
+                    "arch": ["cnn10", "cnn14"],
+                    "optimizer": ["adam", "sgd"],
+                    "lr": [0.003],
+                    "batch_size": [16],
+                    "seed": [42, 43],
+                }
+            ]
+        }
+    )
     pairs = interpolation_pairs(runs)
     assert len(pairs) == 8 and len(set(pairs)) == 8
 
@@ -154,15 +171,27 @@ def test_interpolation_job_writes_json_and_figure(feature_store, tmp_path):
     out = {}
     for seed in (42, 43):
         run = RUN.replace("seed~42", f"seed~{seed}")
-        train(train_files(feature_store, tmp_path / str(seed)), run,
-              train_settings(epochs=2, width=0.125, eval_batch_size=32), {}, CPU)  # fmt: skip
+        train(
+            train_files(feature_store, tmp_path / str(seed)),
+            run,
+            train_settings(epochs=2, width=0.125, eval_batch_size=32),
+            {},
+            CPU,
+        )
         out[seed] = tmp_path / str(seed) / "model.pt"
     doc = interpolation_job(
-        model_a=out[42], model_b=out[43], store=Store(feature_store / "train.npy",
-        feature_store / "train.tsv"), split="train", clips=40, batch_size=16,
-        alphas=alpha_grid(-0.5, 1.5, 5), bn_statistics="interpolate", precision="float32",
-        out=tmp_path / "pair.json", device="cpu",
-    )  # fmt: skip
+        model_a=out[42],
+        model_b=out[43],
+        store=Store(feature_store / "train.npy", feature_store / "train.tsv"),
+        split="train",
+        clips=40,
+        batch_size=16,
+        alphas=alpha_grid(-0.5, 1.5, 5),
+        bn_statistics="interpolate",
+        precision="float32",
+        out=tmp_path / "pair.json",
+        device="cpu",
+    )
     saved = json.loads((tmp_path / "pair.json").read_text())
     assert saved["run_b"].endswith("seed~43") and saved["clips"]["n"] == 40
     assert saved["loss"] == doc["loss"] and len(saved["accuracy"]) == 5
@@ -254,7 +283,10 @@ def test_training_stores_the_trajectory_only_when_asked(feature_store, tmp_path)
     plain = train_files(feature_store, tmp_path / "plain")
     train(plain, RUN, SETTINGS, {}, CPU)
     assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == [
-        "history.tsv", "metrics.json", "model.pt"]  # fmt: skip
+        "history.tsv",
+        "metrics.json",
+        "model.pt",
+    ]
 
     files = replace(train_files(feature_store, tmp_path / "traj"), trajectory=tmp_path / "t.h5")
     train(files, RUN, SETTINGS, {}, CPU)
@@ -266,8 +298,9 @@ def test_training_stores_the_trajectory_only_when_asked(feature_store, tmp_path)
     ckpt = checkpoint.load(tmp_path / "traj" / "model.pt")
     selected = traj.state(ckpt["epoch"])
     for k, v in ckpt["state_dict"].items():
-        assert torch.equal(selected[k], v.half().float() if v.is_floating_point()
-                           and "running" not in k else v), k  # fmt: skip
+        assert torch.equal(
+            selected[k], v.half().float() if v.is_floating_point() and "running" not in k else v
+        ), k
     # Recording changes nothing in the training itself.
     assert torch.equal(
         checkpoint.load(tmp_path / "plain" / "model.pt")["state_dict"]["out.weight"],
@@ -280,7 +313,9 @@ def test_resumed_training_has_the_whole_trajectory(feature_store, tmp_path, monk
     import ascsharp.train as train_module
 
     def files(name):
-        return replace(train_files(feature_store, tmp_path / name), trajectory=tmp_path / name / "t.h5")
+        return replace(
+            train_files(feature_store, tmp_path / name), trajectory=tmp_path / name / "t.h5"
+        )
 
     train(files("full"), RUN, SETTINGS, {}, CPU)
     # A kill during epoch 3: nothing of the end of training runs.
@@ -295,8 +330,10 @@ def test_resumed_training_has_the_whole_trajectory(feature_store, tmp_path, monk
     # What the kill left: epochs 0-2 recorded, no packed file yet.
     assert not (tmp_path / "resumed" / "t.h5").exists()
     train(files("resumed"), RUN, SETTINGS, {}, CPU)
-    full, resumed = read_trajectory(tmp_path / "full" / "t.h5"), read_trajectory(
-        tmp_path / "resumed" / "t.h5")  # fmt: skip
+    full, resumed = (
+        read_trajectory(tmp_path / "full" / "t.h5"),
+        read_trajectory(tmp_path / "resumed" / "t.h5"),
+    )
     assert resumed.epochs.tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(full.parameters, resumed.parameters)
 
@@ -307,10 +344,19 @@ def test_trajectory_plane_job(feature_store, tmp_path):
     out = tmp_path / "plane.h5"
     store = Store(feature_store / "train.npy", feature_store / "train.tsv")
     result = trajectory_plane_job(
-        model=files.model, trajectory=tmp_path / "t.h5", store=store, split="train", clips=30,
-        batch_size=16, parameters="weights", num=3, margin=0.25, precision="float32", out=out,
+        model=files.model,
+        trajectory=tmp_path / "t.h5",
+        store=store,
+        split="train",
+        clips=30,
+        batch_size=16,
+        parameters="weights",
+        num=3,
+        margin=0.25,
+        precision="float32",
+        out=out,
         device="cpu",
-    )  # fmt: skip
+    )
     x, y, loss = read_surface(out)
     assert loss.shape == (3, 3) and np.isfinite(loss).all()
     with h5py.File(out, "r") as f:
@@ -321,7 +367,8 @@ def test_trajectory_plane_job(feature_store, tmp_path):
     # The grid covers the path with the margin: a quarter of its extent on each side.
     span = px.max() - px.min()
     assert x[0] == pytest.approx(px.min() - 0.25 * span) and x[-1] == pytest.approx(
-        px.max() + 0.25 * span)  # fmt: skip
+        px.max() + 0.25 * span
+    )
     # The centre grid point is the final epoch's float16 weights moved by (x, y) on the plane:
     # check one point against an independent evaluation of those weights.
     traj = read_trajectory(tmp_path / "t.h5")
@@ -330,8 +377,9 @@ def test_trajectory_plane_job(feature_store, tmp_path):
     from ascsharp.views import _split_state
 
     net, ckpt = load_model(files.model)
-    comps, _, _ = trajectory_pca(traj.parameters, traj.parameters[-1].astype(np.float64),
-                                 traj.weight_mask())  # fmt: skip
+    comps, _, _ = trajectory_pca(
+        traj.parameters, traj.parameters[-1].astype(np.float64), traj.weight_mask()
+    )
     point = traj.parameters[-1].astype(np.float64) + x[2] * comps[0] + y[0] * comps[1]
     state = {**traj.state(4), **traj.unflatten(point)}
     net.load_state_dict(state)
@@ -352,10 +400,36 @@ def test_cli_refuses_a_foreign_trajectory_by_name(tmp_path, capsys):
         f.attrs["format"] = "something else"
     (tmp_path / "f.npy").write_bytes(b"")
     with pytest.raises(SystemExit) as e:
-        main(["trajectory-plane", "--model", str(tmp_path / "none.pt"), "--trajectory",
-              str(bogus), "--parameters", "weights", "--num", "3", "--margin", "0.2",
-              "--features-npy", str(tmp_path / "f.npy"), "--features-tsv", str(tmp_path / "f.tsv"),
-              "--split", "train", "--clips", "all", "--batch-size", "4", "--precision", "float32",
-              "--out", str(tmp_path / "o.h5"), "--figure", str(tmp_path / "o.png")])  # fmt: skip
+        main(
+            [
+                "trajectory-plane",
+                "--model",
+                str(tmp_path / "none.pt"),
+                "--trajectory",
+                str(bogus),
+                "--parameters",
+                "weights",
+                "--num",
+                "3",
+                "--margin",
+                "0.2",
+                "--features-npy",
+                str(tmp_path / "f.npy"),
+                "--features-tsv",
+                str(tmp_path / "f.tsv"),
+                "--split",
+                "train",
+                "--clips",
+                "all",
+                "--batch-size",
+                "4",
+                "--precision",
+                "float32",
+                "--out",
+                str(tmp_path / "o.h5"),
+                "--figure",
+                str(tmp_path / "o.png"),
+            ]
+        )
     assert e.value.code == 2
     assert "none.pt" in capsys.readouterr().err
