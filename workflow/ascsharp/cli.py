@@ -1032,7 +1032,7 @@ def _trajectory_plane(args):
         precision=args.precision,
         out=args.out,
     )
-    title = run_label(parse_run_id(result["attrs"]["run"])) + ": training path on its PCA plane"
+    title = run_label(parse_run_id(result["attrs"]["run"])) + "\ntraining path on its PCA plane"
     plot_trajectory(args.out, args.figure, title=title)
 
 

@@ -557,8 +557,9 @@ def plot_interpolation(doc: dict[str, Any], out) -> Any:
     acc = 100 * np.asarray(doc["accuracy"])
     right.plot(alphas, acc, "s--", ms=3, color="tab:red", label="accuracy")
     right.set_ylabel("accuracy (%)", color="tab:red")
-    for end in (0.0, 1.0):
+    for end, name in ((0.0, "θ₁"), (1.0, "θ₂")):
         ax.axvline(end, color="grey", lw=0.8, ls=":")
+        ax.text(end, 0.02, f" {name}", transform=ax.get_xaxis_transform(), ha="left")
     barrier = doc.get("barrier")
     first, second = (run_label(parse_run_id(doc[k])) for k in ("run_a", "run_b"))
     ax.set_title(f"θ₁: {first}\nθ₂: {second}\nBN statistics {doc['bn_statistics']}d"
@@ -596,12 +597,12 @@ def plot_trajectory(h5_path: str | Path, out, title: str) -> Any:
         i = int(np.flatnonzero(epochs == selected)[0])
         ax.plot(px[i], py[i], "*", color="gold", mec="black", ms=13, zorder=6,
                 label=f"epoch {selected} (selected, model.pt)")  # fmt: skip
-    ax.plot(px[-1], py[-1], "X", color="black", ms=7, zorder=5, label=f"epoch {epochs[-1]} (end)")
+    ax.plot(px[-1], py[-1], "X", color="black", ms=7, zorder=7, label=f"epoch {epochs[-1]} (end)")
     ax.set(
         xlabel=f"1st principal component ({100 * ratio[0]:.1f} % of variance)",
         ylabel=f"2nd principal component ({100 * ratio[1]:.1f} % of variance)",
-        title=title,
     )
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best")
     _save(fig, out, dpi=150)
     return fig
