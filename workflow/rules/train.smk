@@ -1,16 +1,5 @@
 # One training job per grid run. A killed job resumes from results/models/{run}/checkpoint.pt.
 
-# With views.trajectory.enabled, training also stores every epoch's weights (views.smk's PCA).
-TRAJECTORY_OUTPUT = (
-    {"trajectory": "results/models/{run}/trajectory.h5"}
-    if config["views"]["trajectory"]["enabled"]
-    else {}
-)
-
-
-def trajectory_option(wildcards, output):
-    return f"--trajectory {output.trajectory}" if TRAJECTORY_OUTPUT else ""
-
 
 rule train:
     input:
