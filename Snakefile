@@ -10,6 +10,8 @@
 #   results/measures/{run}/{measure}.json                        Hessian, adaptive sharpness (average, worst)
 #   results/analysis/summary.tsv, correlations.tsv, figures/     one row per run; statistics; figures
 #   results/paper/                                               the same statistics on the paper's own table
+#   results/views/interpolation/{run}/vs/{other}.json, .svg      loss along the line between two models
+#   results/views/trajectory/{run}.h5, .svg                      training path on its PCA plane
 #   logs/{rule}/..., benchmarks/{rule}/...                       mirror the outputs
 
 from pathlib import Path
@@ -28,6 +30,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/views_common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
@@ -36,6 +39,7 @@ include: "workflow/rules/sharpness.smk"
 include: "workflow/rules/measures.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/views.smk"
 
 
 # Cheap steps run on the submit host under --profile slurm instead of queueing as jobs.
@@ -62,3 +66,4 @@ rule all:
     input:
         all_targets(),
         figure_targets(),
+        views_targets(),

@@ -215,12 +215,12 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
     by_rule: dict[str, set[tuple]] = {}
     for (rule, _), res in plain.items():
         by_rule.setdefault(rule, set()).add(tuple(res.get(k) for k in keys))
-    assert set(by_rule) == {"features", "train", "landscape_shard", "measure"}
+    assert set(by_rule) == {"features", "train", "landscape_shard", "measure", "interpolate"}
     assert {r[0] for r in by_rule["features"]} == PAPER_RUNTIME["features"]
     assert {r[0] for r in by_rule["train"]} == PAPER_RUNTIME["train"]
     # 2000 MB + 1.5 x the stores it loads (Snakemake's size_mb counts MiB).
     assert {r[1] for r in by_rule["train"]} == {str(int(2000 + 1.5 * sum(sizes.values()) / 2**20))}
-    gpu_rules = ("train", "landscape_shard", "measure")
+    gpu_rules = ("train", "landscape_shard", "measure", "interpolate")
     assert {r[2] for rule in gpu_rules for r in by_rule[rule]} == {"1"}
     assert {r[2] for r in by_rule["features"]} == {None}
     assert all(int(r[0]) >= 60 for r in by_rule["landscape_shard"])

@@ -385,6 +385,20 @@ def _seconds_since_process_start() -> float:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def landscape_clips(store: Store, ckpt: dict[str, Any], split: str, clips: int | None):
+    """The clips of a run's surfaces: its training clips (as model.pt lists them) or the test
+    fold, or a fixed selection of `clips` of them. The selection is fixed per run (not per
+    direction seed), so all surfaces of a run, and the views of Li et al. (ascsharp.views) of
+    that run, see the same clips."""
+    from .data import load_clips
+
+    if split not in SURFACE_SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SURFACE_SPLITS}")
+    # (Purpose "subset": the stream's name is part of the numbers, so it stays.)
+    seed = derive_seed(ckpt["run"], "subset")
+    return load_clips(store, ckpt["train_clips"] if split == "train" else None, clips, seed)
+
+
 def evaluate_shard(
     *,
     model_path: str | Path,
@@ -417,7 +431,6 @@ def evaluate_shard(
     (refine_surface; the shard must hold the whole grid), and the shard records which.
     """
     from .checkpoint import load_model
-    from .data import load_clips
 
     if split not in SURFACE_SPLITS:
         raise ValueError(f"split {split!r}: expected one of {SURFACE_SPLITS}")
@@ -427,10 +440,7 @@ def evaluate_shard(
     if meta.get("run") != ckpt["run"]:
         raise ValueError(f"{directions_path}: directions of run {meta.get('run')!r}, "
                          f"model {model_path} is run {ckpt['run']!r}")  # fmt: skip
-    # The selection of clips is fixed per run (not per direction seed), so all surfaces of a run
-    # agree. (Purpose "subset": the stream's name is part of the numbers, so it stays.)
-    seed = derive_seed(ckpt["run"], "subset")
-    data = load_clips(store, ckpt["train_clips"] if split == "train" else None, clips, seed)
+    data = landscape_clips(store, ckpt, split, clips)
     indices = shard_indices(grid.n_points, n_shards, shard)
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")

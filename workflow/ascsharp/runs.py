@@ -68,3 +68,25 @@ def parse_run_id(run: str) -> dict[str, Any]:
         raise ValueError(
             f"run {run!r}: expected {'/'.join(k + '~<value>' for k in RUN_KEYS)}"
         ) from None
+
+
+def interpolation_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The pairs of runs that Li et al.'s 1-D interpolation joins by default: the first seed of
+    each configuration with each of its other seeds (same minimum, or another basin?), then
+    each Adam run with its SGD twin (everything else equal, the seed included)."""
+    rows = runs.to_dict("records")
+    ids = {tuple(r[k] for k in RUN_KEYS): run_id(r) for r in rows}
+    seed, optimizer = RUN_KEYS.index("seed"), RUN_KEYS.index("optimizer")
+    seeds_of: dict[tuple, list[int]] = {}
+    for key in ids:
+        seeds_of.setdefault(key[:seed] + key[seed + 1 :], []).append(key[seed])
+    pairs = []
+    for rest, seeds in seeds_of.items():
+        first, *others = sorted(seeds)
+        pairs += [(ids[(*rest[:seed], first, *rest[seed:])],
+                   ids[(*rest[:seed], s, *rest[seed:])]) for s in others]  # fmt: skip
+    for key in ids:
+        twin = (*key[:optimizer], "sgd", *key[optimizer + 1 :])
+        if key[optimizer] == "adam" and twin in ids:
+            pairs.append((ids[key], ids[twin]))
+    return pairs

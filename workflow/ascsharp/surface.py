@@ -210,13 +210,30 @@ def gather(
     clash = sorted(set(own) & set(attrs or {}))
     if clash:
         raise ValueError(f"gather: attribute {clash[0]!r} is set from the shards; pick another")
-    with atomic_path(out_h5) as tmp:
+    write_surface(out_h5, grid, split, loss, acc, {**own, **(attrs or {})})
+
+
+def write_surface(
+    path: str | Path,
+    grid: Grid,
+    split: str,
+    loss: np.ndarray,
+    acc: np.ndarray,
+    attrs: dict[str, Any],
+    extra: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write a surface.h5 atomically: loss and accuracy (a fraction, stored in percent) by flat
+    grid index, as loss-landscape's layout [iy, ix]; `extra` datasets (e.g. a projected
+    training path) are stored beside them under their own names."""
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("xcoordinates", data=grid.xcoordinates)
             f.create_dataset("ycoordinates", data=grid.ycoordinates)
-            f.create_dataset(f"{split}_loss", data=loss.reshape(grid.ynum, grid.xnum))
-            f.create_dataset(f"{split}_acc", data=100 * acc.reshape(grid.ynum, grid.xnum))
-            for k, v in {**own, **(attrs or {})}.items():
+            f.create_dataset(f"{split}_loss", data=np.reshape(loss, (grid.ynum, grid.xnum)))
+            f.create_dataset(f"{split}_acc", data=100 * np.reshape(acc, (grid.ynum, grid.xnum)))
+            for name, data in (extra or {}).items():
+                f.create_dataset(name, data=data)
+            for k, v in attrs.items():
                 f.attrs[k] = _h5_attr(v)
 
 

@@ -27,6 +27,7 @@ from .optim import make_stepper
 from .progress import Progress, get_logger
 from .runs import parse_run_id
 from .seeds import derive_seed, generator
+from .views import TrajectoryRecorder
 
 RESUME_FILE = "checkpoint.pt"  # last finished epoch; removed once model.pt is written
 
@@ -57,6 +58,8 @@ class TrainFiles:
     model: Path
     metrics: Path
     history: Path
+    # Per-epoch weights for the PCA view (ascsharp.views), only when asked for.
+    trajectory: Path | None = None
 
     @property
     def resume(self) -> Path:
@@ -138,6 +141,9 @@ def train(
 
     resume_file = job.files.resume
     state = _resume(resume_file, resume_key, job, model, stepper, log)
+    recorder = TrajectoryRecorder(files.trajectory, run) if files.trajectory else None
+    if recorder:
+        recorder.start(model, state.epoch)
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         if state.diverged:
             break
@@ -165,9 +171,14 @@ def train(
             row["select_accuracy"],
             row["clips_per_s"],
         )
+        if recorder:  # before the resume checkpoint: a resumed run has every epoch it did
+            recorder.record(epoch, model)
         _save_resume(resume_file, resume_key, job, model, stepper, state)
 
-    return _finish(job, model, state, log)
+    metrics = _finish(job, model, state, log)
+    if recorder:
+        recorder.finish(state.epoch)
+    return metrics
 
 
 def _train_epoch(job: Job, epoch: int, stepper, device: torch.device, log) -> dict[str, Any]:

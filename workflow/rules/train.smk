@@ -10,6 +10,7 @@ rule train:
         holdout="results/features/validation.tsv",
         settings="results/features/train.json",
     output:
+        **TRAJECTORY_OUTPUT,
         model="results/models/{run}/model.pt",
         metrics="results/models/{run}/metrics.json",
         history="results/models/{run}/history.tsv",
@@ -26,6 +27,7 @@ rule train:
         train=config["train"],
         width=config["model"]["width"],
         amp="--amp" if config["train"]["amp"] else "--no-amp",
+        trajectory=trajectory_option,
     shell:
         "ascsharp train --run {wildcards.run} --train-npy {input.train_npy}"
         " --train-tsv {input.train_tsv} --test-npy {input.test_npy}"
@@ -35,4 +37,5 @@ rule train:
         " --width {params.width} --selection {params.train[selection]}"
         " --eval-batch-size {params.train[eval_batch_size]} {params.amp}"
         " --converged-min-train-accuracy {params.train[converged_min_train_accuracy]}"
-        " --features-settings {input.settings} --threads {threads} 2> {log}"
+        " --features-settings {input.settings} {params.trajectory}"
+        " --threads {threads} 2> {log}"
