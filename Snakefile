@@ -53,6 +53,7 @@ localrules:
     training_curves,
     landscape_montage,
     landscape_views,
+    surfaces_3d,
     compare_published,
     paper_table,
 
