@@ -9,15 +9,15 @@ This script
 2. writes the files that grow with the grid for a synthetic paper-size tree (`--runs` runs of the
    paper preset's grid, its 3 direction seeds and 11 x 11 grid): per surface the contour and 3-D
    plot, per run the 1-D slices, per architecture the montage, and the one 3-D page with every
-   run, all drawn by the workflow's own functions from bowl-shaped synthetic losses; and the
-   analysis figures and tables from a synthetic summary of those runs;
-3. prints the estimate: fixed part + 4/3 x (synthetic files + the small run's files that do not
-   grow: training curves, paper figures).
+   run, all drawn by the workflow's own functions from bowl-shaped synthetic losses; with
+   `--analysis` also the analysis figures and tables from a synthetic summary of those runs;
+3. prints the estimate: fixed part + 4/3 x (synthetic files + the small run's files that were
+   not redrawn: training curves, paper figures, and without `--analysis` the analysis figures).
 
-    python tests/benchmarks/report_size.py --finished /tmp/tiny [--runs 46] [--out DIR]
+    python tests/benchmarks/report_size.py --finished /tmp/tiny [--runs 46] [--out DIR] [--analysis]
 
 It is an extrapolation (stated as such in its output): the fixed part is the small run's, and
-the training-curve pages are counted at the small run's size.
+what is not redrawn is counted at the small run's size.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def bowl(rng: np.random.Generator, num: int = 11) -> tuple[np.ndarray, np.ndarra
     return x, x, np.abs(loss)
 
 
-def synthetic_tree(out: Path, n: int) -> list[Path]:
-    """The files of a synthetic n-run report that grow with the grid; returns their paths."""
+def synthetic_tree(out: Path, n: int, analysis: bool) -> list[Path]:
+    """The files of a synthetic n-run report that grow with the grid (the analysis figures and
+    tables only with `analysis`); returns their paths."""
     rng = np.random.default_rng(0)
     runs = paper_runs(n)
     files: list[Path] = []
@@ -116,8 +117,14 @@ def synthetic_tree(out: Path, n: int) -> list[Path]:
     page = out / "surfaces3d.html"
     report_html.surfaces_page(page_runs, page, radius=0.25, title="3-D", caption="")
     files.append(page)
+    if analysis:
+        files += analysis_files(out, pd.DataFrame(rows))
+    return files
 
-    summary = pd.DataFrame(rows)
+
+def analysis_files(out: Path, summary: pd.DataFrame) -> list[Path]:
+    """The analysis figures and tables of `summary`'s runs (slow: exact permutation p-values
+    for every small group)."""
     corr = run_summary.run_correlations(summary, n_boot=20, seed=0)
     ranking = run_summary.rank_measures(summary, n_boot=20, seed=0)
     paths = {"summary": out / "summary.tsv", "correlations": out / "correlations.tsv",
@@ -143,9 +150,8 @@ def synthetic_tree(out: Path, n: int) -> list[Path]:
                  "--published-correlations", str(paper / "correlations.tsv"),
                  "--scatter", str(out / "scatter.svg"), "--summary-html", str(out / "summary.html"),
                  "--headline-html", str(out / "headline.html")]) == 0  # fmt: skip
-    files += [out / f"{name}.svg" for name in names] + [out / "measure_ranking.svg"]
-    files += [out / "summary.html", out / "headline.html"]
-    return files
+    files = [out / f"{name}.svg" for name in names] + [out / "measure_ranking.svg"]
+    return files + [out / "summary.html", out / "headline.html"]
 
 
 def main_() -> None:
@@ -153,6 +159,9 @@ def main_() -> None:
     p.add_argument("--finished", type=Path, required=True, help="workdir of a finished run")
     p.add_argument("--runs", type=int, default=46)
     p.add_argument("--out", type=Path, help="where to write the synthetic files (default: tmp)")
+    p.add_argument("--analysis", action="store_true",
+                   help="also redraw the analysis figures and tables at the synthetic size (slow);"
+                   " by default the finished run's are counted")  # fmt: skip
     args = p.parse_args()
     report = args.finished / "results/report.html"
     if not report.exists():
@@ -160,12 +169,17 @@ def main_() -> None:
                         "results/report.html"], cwd=args.finished, check=True)  # fmt: skip
     small = listed_files(report, args.finished)
     fixed = report.stat().st_size - sum(b64(f.stat().st_size) for f in small)
-    # The small run's files that do not grow with the synthetic tree: training curves, the
-    # paper's scatter, the comparison with the published runs.
-    kept = [f for f in small if "/training/" in str(f) or "/paper/" in str(f)
-            or "paper_comparison" in f.name]  # fmt: skip
+    # The small run's files that the synthetic tree does not redraw: training curves, the
+    # paper's scatter, the comparison with the published runs (and without --analysis the
+    # analysis figures and tables).
+    redrawn = ("/landscapes/", "surfaces3d")
+    if args.analysis:
+        kept = [f for f in small if "/training/" in str(f) or "/paper/" in str(f)
+                or "paper_comparison" in f.name]  # fmt: skip
+    else:
+        kept = [f for f in small if not any(r in str(f) for r in redrawn)]
     out = args.out or Path(tempfile.mkdtemp(prefix="report_size_"))
-    grown = synthetic_tree(out, args.runs)
+    grown = synthetic_tree(out, args.runs, args.analysis)
     total = fixed + sum(b64(f.stat().st_size) for f in grown + kept)
     print(f"small run: {report} is {report.stat().st_size / MB:.1f} MB "
           f"({len(small)} files listed; fixed part {fixed / MB:.1f} MB)")  # fmt: skip
@@ -174,6 +188,8 @@ def main_() -> None:
         print(f"  {f.relative_to(out)}: {f.stat().st_size / MB:.2f} MB")
     print(f"synthetic {args.runs}-run tree in {out}: {len(grown)} files, "
           f"{sum(f.stat().st_size for f in grown) / MB:.1f} MB on disk")  # fmt: skip
+    print(f"counted from the small run: {len(kept)} files, "
+          f"{sum(b64(f.stat().st_size) for f in kept) / MB:.1f} MB in the report")  # fmt: skip
     print(f"extrapolated single-file report for {args.runs} runs: {total / MB:.1f} MB")
 
 

@@ -241,13 +241,17 @@ def surface_figure(surfaces: RunSurfaces, *, radius: float, title: str):
         centre = RegularGridInterpolator((y, x), z, bounds_error=False)([[0.0, 0.0]])
         fig.add_trace(
             go.Scatter3d(x=[0.0], y=[0.0], z=centre, mode="markers", name="trained weights",
-                         marker={"color": "white", "size": 5, "line": {"color": "black"}},
+                         marker={"color": "white", "size": 6,
+                                 "line": {"color": "black", "width": 2}},
                          legendgroup="centre", showlegend=k == 1),
             row=1, col=k,
         )  # fmt: skip
     pad = 0.02 * (hi - lo)
+    # The camera a little farther out than plotly's default, so that the whole box with its axis
+    # labels fits a panel a third of the window wide.
     fig.update_scenes(xaxis_title="α (dx)", yaxis_title="β (dy)", zaxis_title="loss",
-                      zaxis_range=[lo - pad, hi + pad])  # fmt: skip
+                      zaxis_range=[lo - pad, hi + pad], aspectmode="cube",
+                      camera={"eye": {"x": 1.7, "y": 1.7, "z": 1.3}})  # fmt: skip
     fig.update_layout(
         title={"text": title},
         margin={"l": 0, "r": 60, "t": 70, "b": 10},
