@@ -53,7 +53,7 @@ localrules:
     training_curves,
     landscape_montage,
     landscape_views,
-    surfaces_3d,
+    surfaces_page,
     compare_published,
     paper_table,
 

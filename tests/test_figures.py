@@ -315,7 +315,7 @@ def test_surfaces_page_every_run_one_scale_per_run_plotly_once(tmp_path):
              _surface(tmp_path / "a43.h5", runs[0], 43, 20),
              _surface(tmp_path / "b42.h5", runs[1], 42, 1)]  # fmt: skip
     page = tmp_path / "surfaces3d.html"
-    assert main(["surfaces-3d", *map(str, paths), "--radius", "0.25", "--out", str(page)]) == 0
+    assert main(["surfaces-page", *map(str, paths), "--radius", "0.25", "--out", str(page)]) == 0
     text = page.read_text()
     # plotly.js is inside exactly once, nothing is loaded from elsewhere.
     assert text.count("plotly.js v") == 1 and not re.search(r"<script[^>]+src=", text)
@@ -350,7 +350,8 @@ def test_surfaces_page_every_run_one_scale_per_run_plotly_once(tmp_path):
     assert surface["cmax"] == pytest.approx(_read(paths[2])[2].max())
 
     with pytest.raises(SystemExit):  # the same run and seed twice
-        main(["surfaces-3d", str(paths[0]), str(paths[0]), "--radius", "0.25", "--out", str(page)])
+        main(["surfaces-page", str(paths[0]), str(paths[0]), "--radius", "0.25",
+              "--out", str(page)])  # fmt: skip
 
 
 def test_surface_plots_of_gather_are_written_in_every_format(tmp_path):

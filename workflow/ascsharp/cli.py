@@ -870,18 +870,18 @@ def _landscape_views(args):
                      title=f"{title}: slices through the trained weights")  # fmt: skip
 
 
-def _surfaces_3d_args(p):
+def _surfaces_page_args(p):
     p.add_argument("surfaces", type=Path, nargs="+", help="surface.h5 of every run and seed")
     p.add_argument("--radius", type=float, required=True, help="ε of the disk drawn")
     p.add_argument("--out", type=Path, required=True, help="the HTML page")
 
 
 @command(
-    "surfaces-3d",
+    "surfaces-page",
     "every run's loss landscapes as interactive 3-D surfaces on one page (plotly.js once)",
-    _surfaces_3d_args,
+    _surfaces_page_args,
 )
-def _surfaces_3d(args):
+def _surfaces_page(args):
     from collections import defaultdict
 
     from .figures import run_label

@@ -147,7 +147,7 @@ rule landscape_views:
         " --slices {output.png} {output.svg} 2> {log}"
 
 
-rule surfaces_3d:
+rule surfaces_page:
     input:
         [
             f"{landscape_dir(run, d)}/surface.h5"
@@ -163,11 +163,11 @@ rule surfaces_3d:
             labels={"figure": "3-D, interactive", "architecture": "all"},
         ),
     log:
-        "logs/surfaces_3d/surfaces_3d.log",
+        "logs/surfaces_page/surfaces_page.log",
     params:
         radius=config["sharpness"]["radius"],
     shell:
-        "ascsharp surfaces-3d {input} --radius {params.radius} --out {output} 2> {log}"
+        "ascsharp surfaces-page {input} --radius {params.radius} --out {output} 2> {log}"
 
 
 rule compare_published:
