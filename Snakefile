@@ -57,6 +57,7 @@ localrules:
     training_curves,
     landscape_montage,
     landscape_views,
+    surfaces_page,
     compare_published,
     paper_table,
 

@@ -6,6 +6,7 @@ commands the rules run, so that a figure that loses a panel or a series fails he
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 
 from ascsharp import figures, published, report_html
+from ascsharp import summary as run_summary
 from ascsharp.cli import main
 from ascsharp.meta import DEVICES
 from ascsharp.runs import parse_run_id, run_id
@@ -267,30 +269,30 @@ def _read(path: Path):
     return read_surface(path)
 
 
-def _plotly_traces(page: str) -> list[dict]:
-    """The data (traces) that a plotly HTML page plots: the first array of Plotly.newPlot."""
-    call = page.index("Plotly.newPlot(")
-    start = page.index("[", page.index(",", call))
+def _page_figures(page: str) -> dict[str, dict]:
+    """The plotly figures (by run id) that a surfaces page carries: its FIGURES object."""
+    start = page.index("{", page.index("const FIGURES = "))
     return json.JSONDecoder().raw_decode(page, start)[0]
 
 
-def test_landscape_views_slices_and_interactive_page(tmp_path):
+def _array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly's typed array {"dtype", "bdata"[, "shape"]}."""
+    if isinstance(value, dict):
+        import base64
+
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
+    return np.asarray(value, dtype=float)
+
+
+def test_landscape_views_draws_the_slices(tmp_path):
     run = _runs()[0]
     paths = [_surface(tmp_path / f"d{s}.h5", run, s, 5 + s - 42) for s in (43, 42)]
-    slices, page = _files(tmp_path, "slices"), tmp_path / "surface3d.html"
+    slices = _files(tmp_path, "slices")
     args = ["landscape-views", *map(str, paths), "--radius", "0.25"]
-    assert main([*args, "--slices", *map(str, slices), "--html", str(page)]) == 0
+    assert main([*args, "--slices", *map(str, slices)]) == 0
     assert _written(slices)
-    text = page.read_text()
-    traces = [(t["type"], t["name"]) for t in _plotly_traces(text)]
-    assert traces == [
-        (kind, f"{name}{seed}" if name.endswith(" ") else name)
-        for seed in (42, 43)
-        for kind, name in (("surface", "loss, direction seed "),
-                           ("scatter3d", "ε-disk (ε = 0.25)"), ("scatter3d", "trained weights"))
-    ]  # fmt: skip
-    # Self-contained: plotly.js itself is inside, nothing is loaded from elsewhere.
-    assert "plotly.js v" in text and not re.search(r"<script[^>]+src=", text)
 
     surfaces = [(s, *_read(p)) for s, p in ((42, paths[1]), (43, paths[0]))]
     fig = figures.landscape_slices(surfaces, _files(tmp_path, "direct"), radius=0.25, title="t")
@@ -298,17 +300,58 @@ def test_landscape_views_slices_and_interactive_page(tmp_path):
     assert set(panels) == {"dx", "dy"}
     assert _series(panels["dx"]) == ["direction seed 42", "direction seed 43"]
     np.testing.assert_allclose(panels["dy"].get_lines()[0].get_ydata(), surfaces[0][3][:, 2])
-    plot = report_html.surface_html(surfaces, tmp_path / "p.html", radius=0.25, title="t")
-    kinds = [(trace.type, trace.name) for trace in plot.data]
-    assert kinds.count(("surface", "loss, direction seed 43")) == 1
-    assert kinds.count(("scatter3d", "ε-disk (ε = 0.25)")) == 2
-    disk = plot.data[1]
-    np.testing.assert_allclose(np.hypot(disk.x, disk.y), 0.25)
 
     other = _surface(tmp_path / "other.h5", _runs()[1], 42, 1)
     with pytest.raises(SystemExit):
         main(["landscape-views", str(paths[0]), str(other), "--radius", "0.25",
-              "--slices", str(slices[0]), "--html", str(page)])  # fmt: skip
+              "--slices", str(slices[0])])  # fmt: skip
+
+
+def test_surfaces_page_every_run_one_scale_per_run_plotly_once(tmp_path):
+    runs = _runs()[:2]
+    # Run 0: seed 43's bowl is 4x steeper than seed 42's, so each seed alone would get its own
+    # colour range; run 1 has one direction seed.
+    paths = [_surface(tmp_path / "a42.h5", runs[0], 42, 5),
+             _surface(tmp_path / "a43.h5", runs[0], 43, 20),
+             _surface(tmp_path / "b42.h5", runs[1], 42, 1)]  # fmt: skip
+    page = tmp_path / "surfaces3d.html"
+    assert main(["surfaces-page", *map(str, paths), "--radius", "0.25", "--out", str(page)]) == 0
+    text = page.read_text()
+    # plotly.js is inside exactly once, nothing is loaded from elsewhere.
+    assert text.count("plotly.js v") == 1 and not re.search(r"<script[^>]+src=", text)
+    figs = _page_figures(text)
+    assert list(figs) == sorted(runs)
+    assert f'<option value="{sorted(runs)[0]}">' in text
+    first = figs[runs[0]]
+    traces = [(t["type"], t["name"]) for t in first["data"]]
+    assert traces == [
+        (kind, f"{name}{seed}" if name.endswith(" ") else name)
+        for seed in (42, 43)
+        for kind, name in (("surface", "loss, direction seed "),
+                           ("scatter3d", "ε-disk (ε = 0.25)"), ("scatter3d", "trained weights"))
+    ]  # fmt: skip
+    # One colour scale and one z range for both seeds: the extremes of both surfaces together.
+    losses = np.concatenate([_read(p)[2].ravel() for p in paths[:2]])
+    lo, hi = losses.min(), losses.max()
+    for t in first["data"]:
+        if t["type"] == "surface":
+            assert (t["cmin"], t["cmax"]) == pytest.approx((lo, hi))
+    scenes = [first["layout"][k] for k in ("scene", "scene2")]
+    z_ranges = [sc["zaxis"]["range"] for sc in scenes]
+    assert z_ranges[0] == z_ranges[1] and z_ranges[0][0] <= lo and z_ranges[0][1] >= hi
+    # Exactly one colour bar, and the legend below the plots (they cannot overlap).
+    assert sum(t.get("showscale", True) for t in first["data"] if t["type"] == "surface") == 1
+    assert first["layout"]["legend"]["orientation"] == "h" and first["layout"]["legend"]["y"] <= 0
+    disk = first["data"][1]
+    np.testing.assert_allclose(np.hypot(_array(disk["x"]), _array(disk["y"])), 0.25)
+    np.testing.assert_allclose(_array(first["data"][3]["z"]), _read(paths[1])[2])
+    # Run 1's scale is its own.
+    (surface,) = [t for t in figs[runs[1]]["data"] if t["type"] == "surface"]
+    assert surface["cmax"] == pytest.approx(_read(paths[2])[2].max())
+
+    with pytest.raises(SystemExit):  # the same run and seed twice
+        main(["surfaces-page", str(paths[0]), str(paths[0]), "--radius", "0.25",
+              "--out", str(page)])  # fmt: skip
 
 
 def test_surface_plots_of_gather_are_written_in_every_format(tmp_path):
@@ -348,10 +391,11 @@ def test_comparison_with_the_published_table(tmp_path):
     assert sum(len(c.get_offsets()) for c in panels["mean_sharpness"].collections) == 3
     assert "mean difference -0.1" in panels["test_all"].get_title()
     assert panels["unseen"].get_xlabel() == "published (Milling et al. 2024)"
-    # No twin: empty panels and a note.
+    # No twin: no axes at all, only the title and one line saying why.
     empty = published.compare_with_published(extra.drop(columns="id", errors="ignore"), paper)
     assert empty.empty and "test_all_diff" in empty.columns
     fig = figures.paper_comparison(empty, _files(tmp_path, "none"), note="no twin")
+    assert not fig.axes and _written(_files(tmp_path, "none"))
     assert [t.get_text() for t in fig.texts if t.get_gid() == "note"] == ["no twin"]
 
 
@@ -383,24 +427,99 @@ def _html_table(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows[1:], columns=rows[0])
 
 
-def test_report_tables_summary_and_headline(tables, tmp_path):
-    summary, corr, frame, _ = tables
+def test_report_tables_summary_and_the_headline_answer(tables, tmp_path):
+    summary, corr, frame, table = tables
     paper = tmp_path / "paper"
     published.paper_table(PAPER_CSV, paper / "summary.tsv", paper / "correlations.tsv", n_boot=20)
+    ranking = run_summary.rank_measures(frame, n_boot=20, seed=0)
+    ranking.to_csv(tmp_path / "ranking.tsv", sep="\t", index=False)
+    scatter = tmp_path / "scatter.svg"
+    scatter.write_text('<svg xmlns="http://www.w3.org/2000/svg"><text>dots</text></svg>')
     out = {"summary": tmp_path / "summary.html", "headline": tmp_path / "headline.html"}
     args = ["report-tables", "--summary", str(summary), "--correlations", str(corr),
+            "--ranking", str(tmp_path / "ranking.tsv"),
             "--published-correlations", str(paper / "correlations.tsv"),
-            "--summary-html", str(out["summary"]),
+            "--scatter", str(scatter), "--summary-html", str(out["summary"]),
             "--headline-html", str(out["headline"])]  # fmt: skip
     assert main(args) == 0
     rows = _html_table(out["summary"])
     assert len(rows) == len(frame) and list(rows.columns) == list(frame.columns)
-    headline = _html_table(out["headline"])
-    # 9 rows (3 targets x 3 methods) per subset of ours, and 9 of the published table.
-    assert len(headline) == 9 * 4
-    assert set(headline["source"]) == {"this workflow", "published table"}
-    row = headline.query("source == 'published table' and target == 'test_all'")
-    assert [round(float(v), 3) for v in row.query("method == 'pearson'")["statistic"]] == [0.412]
+    page = out["headline"].read_text()
+    # The scatter is inside the page, and both tables (the answer, every subset) are there.
+    assert base64.b64encode(scatter.read_bytes()).decode() in page and page.count("<table") == 2
+
+    answer = report_html.headline_answer(table, pd.read_csv(paper / "correlations.tsv", sep="\t"),
+                                         ranking)  # fmt: skip
+    assert len(answer) == 12  # 3 targets x (r, rho, tau, Psi)
+    cell = answer.set_index([("", "devices"), ("", "statistic")])
+    ours, theirs = cell["this workflow"], cell["published table"]
+    # The published table's Pearson r against all devices: 0.412, Holm p 0.041 (README).
+    assert ours.columns.tolist() == ["value", "95 % interval", "Holm p", "n"]
+    assert theirs.loc[("all devices", "Pearson r"), "value"] == "0.412"
+    assert theirs.loc[("all devices", "Pearson r"), "Holm p"] == "0.041"
+    assert theirs.loc[("all devices", "Pearson r"), "n"] == "38"
+    # Ours: the headline rows of correlations.tsv, as printed; Psi's interval from the ranking.
+    want = table[(table["group"] == "all") & (table["measure"] == "mean_sharpness")
+                 & (table["target"] == "unseen")
+                 & (table["method"] == "kendall")].iloc[0]  # fmt: skip
+    row = ours.loc[("unseen devices", "Kendall τ")]
+    assert row["value"] == f"{want['statistic']:.3f}"
+    assert row["95 % interval"] == f"[{want['ci_low']:.2f}, {want['ci_high']:.2f}]"
+    assert row["Holm p"] == (f"{want['p_holm']:.3f}" if want["p_holm"] >= 0.001 else "< 0.001")
+    psi = ranking[(ranking["measure"] == "mean_sharpness") & (ranking["target"] == "seen")].iloc[0]
+    row = ours.loc[("seen devices", "granulated Ψ")]
+    assert row["value"] == f"{psi['psi']:.3f}" and row["Holm p"] == "–"
+    assert row["95 % interval"] == f"[{psi['psi_ci_low']:.2f}, {psi['psi_ci_high']:.2f}]"
+
+
+def test_measure_ranking_heat_map_draws_every_measure_of_the_table(tables, tmp_path):
+    frame = tables[2]
+    ranking = run_summary.rank_measures(frame, n_boot=20, seed=0)
+    # A measure added to the table later (as other measures will be) is drawn too.
+    extra = ranking[ranking["measure"] == "mean_sharpness"].assign(measure="new_measure")
+    ranking = pd.concat([ranking, extra], ignore_index=True)
+    fig = figures.measure_ranking(ranking, _files(tmp_path, "rank"))
+    assert _written(_files(tmp_path, "rank"))
+    (ax,) = [a for a in fig.axes if a.get_images()]
+    rows = [t.get_text().replace("\n", " ") for t in ax.get_yticklabels()]
+    assert sorted(rows) == sorted(
+        figures.label(m).replace("\n", " ") for m in set(ranking["measure"])
+    )
+    columns = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+    assert columns == [figures.label(t) for t in figures.FOREST_TARGETS]
+    # Best on average on top; the colour of a cell is its agreement.
+    mean = ranking.groupby("measure")["agreement"].mean()
+    by_label = {figures.label(m): m for m in mean.index}
+    shown = [mean[by_label[r]] for r in rows]
+    assert shown == sorted(shown, reverse=True)
+    image = ax.get_images()[0].get_array()
+    top = by_label[rows[0]]
+    c = ranking[(ranking["measure"] == top) & (ranking["target"] == "unseen")].iloc[0]
+    assert image[0, 2] == pytest.approx(c["agreement"])
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == len(ranking) and f"{c['kendall_tau']:+.2f}".replace("-", "−") in texts[2]
+
+
+def test_forest_split_into_pooled_and_within_groups(tables, tmp_path):
+    summary, corr, *_ = tables
+    outs = {name: _files(tmp_path, name) for name in ("scatter", "devices", "heatmap",
+            "by-optimizer", "by-arch", "forest", "seeds", "forest-groups")}  # fmt: skip
+    args = ["figures", "--summary", str(summary), "--correlations", str(corr)]
+    args += [a for name, paths in outs.items() for a in (f"--{name}", *map(str, paths))]
+    assert main(args) == 0 and all(_written(p) for p in outs.values())
+    table = tables[3][tables[3]["subset"] == "headline"]
+    pooled = figures.forest_plot(table, _files(tmp_path, "p"), groups=["all"])
+    within = figures.forest_plot(
+        table, _files(tmp_path, "w"), groups=["optimizer=adam", "arch=cnn14"]
+    )
+    measures = table[(table["method"] == "spearman") & (table["group"] == "all")][
+        "measure"
+    ].unique()
+    ticks = [t.get_text() for t in pooled.axes[0].get_yticklabels()]
+    assert ticks == [figures.label(m) for m in measures]  # one group: no group prefix
+    ticks = [t.get_text() for t in within.axes[0].get_yticklabels()]
+    assert len(ticks) == 2 * len(measures) and ticks[0].startswith("Adam: ")
+    assert ticks[-1].startswith("CNN14: ")
 
 
 def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys):

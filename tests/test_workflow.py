@@ -332,7 +332,8 @@ _TINY_RUNS = [f"arch~cnn10/optimizer~{o}/lr~0.001/batch_size~16/seed~{s}"
               for o in ("adam", "sgd") for s in (42, 43)]  # fmt: skip
 REPORT_FIGURES = [
     *(f"results/analysis/figures/{name}.svg" for name in (
-        "scatter", "devices", "correlations", "by_optimizer", "by_arch", "forest", "seeds",
+        "scatter", "devices", "correlations", "by_optimizer", "by_arch", "forest",
+        "forest_groups", "seeds",
         "measure_ranking", "paper_comparison", "training/optimizer~adam",
         "training/optimizer~sgd", "landscapes/arch~cnn10")),
     *(f"results/landscapes/{run}/{name}.svg" for run in _TINY_RUNS
@@ -342,7 +343,7 @@ REPORT_FIGURES = [
 REPORT_PAGES = [
     *(f"results/analysis/tables/{name}.html" for name in
       ("summary", "headline", "paper_comparison")),
-    *(f"results/landscapes/{run}/surface3d.html" for run in _TINY_RUNS),
+    "results/analysis/figures/surfaces3d.html",
 ]  # fmt: skip
 
 

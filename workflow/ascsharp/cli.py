@@ -752,6 +752,13 @@ def _figures_args(p):
         ("seeds", "sharpness per direction seed"),
     ):
         _figure_option(p, name, what)
+    p.add_argument(
+        "--forest-groups",
+        type=Path,
+        nargs="+",
+        help="forest plot within each optimiser and architecture (.png, .svg); when given, "
+        "--forest shows the pooled rows alone",
+    )
 
 
 @command(
@@ -780,7 +787,15 @@ def _figures(args):
     fig.correlation_heatmap(table, args.heatmap, note=note)
     fig.group_facets(runs, measure, "optimizer", args.by_optimizer, note=note)
     fig.group_facets(runs, measure, "arch", args.by_arch, note=note)
-    fig.forest_plot(table, args.forest, note=note)
+    if args.forest_groups:
+        pooled = "Correlation of every measure with accuracy, all runs pooled"
+        fig.forest_plot(table, args.forest, groups=["all"], title=pooled, note=note)
+        within = sorted(set(table["group"]) - {"all"}, key=lambda g: (not g.startswith("opt"), g))
+        fig.forest_plot(table, args.forest_groups, groups=within, note=note,
+                        title="Correlation of every measure with accuracy within each optimiser "
+                        "and architecture")  # fmt: skip
+    else:
+        fig.forest_plot(table, args.forest, note=note)
     fig.seed_spread(runs, args.seeds, note=note)
 
 
@@ -854,17 +869,15 @@ def _views_args(p):
     p.add_argument("surfaces", type=Path, nargs="+", help="every direction seed's surface.h5")
     p.add_argument("--radius", type=float, required=True, help="ε of the disk drawn")
     _figure_option(p, "slices", "1-D slices through the trained weights")
-    p.add_argument("--html", type=Path, required=True, help="interactive 3-D surfaces (HTML)")
 
 
 @command(
     "landscape-views",
-    "one run's landscapes: 1-D slices and an interactive 3-D HTML page with the ε-disk",
+    "one run's landscapes: 1-D slices through the trained weights, every direction seed",
     _views_args,
 )
 def _landscape_views(args):
     from .figures import landscape_slices, run_label
-    from .report_html import surface_html
     from .runs import parse_run_id
     from .surface import read_surface, run_surfaces
 
@@ -873,7 +886,44 @@ def _landscape_views(args):
     title = run_label(parse_run_id(run))
     landscape_slices(surfaces, args.slices, radius=args.radius,
                      title=f"{title}: slices through the trained weights")  # fmt: skip
-    surface_html(surfaces, args.html, radius=args.radius, title=title)
+
+
+def _surfaces_page_args(p):
+    p.add_argument("surfaces", type=Path, nargs="+", help="surface.h5 of every run and seed")
+    p.add_argument("--radius", type=float, required=True, help="ε of the disk drawn")
+    p.add_argument("--out", type=Path, required=True, help="the HTML page")
+
+
+@command(
+    "surfaces-page",
+    "every run's loss landscapes as interactive 3-D surfaces on one page (plotly.js once)",
+    _surfaces_page_args,
+)
+def _surfaces_page(args):
+    from collections import defaultdict
+
+    from .figures import run_label
+    from .report_html import surfaces_page
+    from .runs import parse_run_id
+    from .surface import read_surface, run_surfaces, surface_identity
+
+    by_run = defaultdict(list)
+    for path in args.surfaces:
+        by_run[surface_identity(path)[0]].append(path)
+    runs = {}
+    for run in sorted(by_run):
+        _, path_by_seed = run_surfaces(by_run[run])
+        surfaces = [(seed, *read_surface(path)) for seed, path in path_by_seed.items()]
+        runs[run] = (run_label(parse_run_id(run)), surfaces)
+    surfaces_page(
+        runs,
+        args.out,
+        radius=args.radius,
+        title=f"Loss landscapes of {len(runs)} runs in 3-D",
+        caption="Choose a run. One colour scale and z range for all direction seeds of the run; "
+        f"red: rim of the ε-disk (ε = {args.radius:g}) on the surface; white dot: the trained "
+        "weights. Drag to turn, scroll to zoom, hover for values.",
+    )
 
 
 def _compare_args(p):
@@ -914,20 +964,22 @@ def _compare_published(args):
 def _tables_args(p):
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--correlations", type=Path, required=True)
+    p.add_argument("--ranking", type=Path, required=True, help="measure_ranking.tsv (Ψ intervals)")
     p.add_argument(
         "--published-correlations", type=Path, required=True, help="results/paper/correlations.tsv"
     )
+    p.add_argument("--scatter", type=Path, required=True, help="the pooled scatter's SVG")
     p.add_argument("--summary-html", type=Path, required=True)
     p.add_argument("--headline-html", type=Path, required=True)
 
 
 @command(
     "report-tables",
-    "summary.tsv and the headline correlations as HTML tables for the report",
+    "summary.tsv and the headline answer (numbers and scatter) as HTML pages for the report",
     _tables_args,
 )
 def _report_tables(args):
-    from .report_html import headline_rows, html_table
+    from .report_html import answer_page, headline_answer, headline_rows, html_table
 
     summary = _read_table(args.summary, ["run"])
     html_table(
@@ -937,16 +989,23 @@ def _report_tables(args):
         caption="One row per run: hyperparameters, accuracies (fractions), every sharpness "
         "variant and measure.",
     )
-    headline = headline_rows(
-        _read_table(args.correlations, ["family"]),
-        _read_table(args.published_correlations, ["family"]),
-    )
-    html_table(
-        headline,
+    ours = _read_table(args.correlations, ["subset", "family"])
+    published = _read_table(args.published_correlations, ["family"])
+    ranking = _read_table(args.ranking, ["measure", "target", "subset"])
+    answer = headline_answer(ours, published, ranking)
+    n = answer[("this workflow", "n")].iloc[0]
+    answer_page(
+        answer,
+        headline_rows(ours, published),
+        args.scatter,
         args.headline_html,
-        title="Headline correlations: mean sharpness against accuracy",
-        caption="The paper's claim, tested once per subset of runs: Holm-adjusted p-values "
-        "(p_holm) within these rows; ci_low/ci_high: 95 % bootstrap interval over runs.",
+        title="Does a sharper minimum mean lower accuracy? The headline numbers",
+        caption=f"Mean sharpness against test accuracy over the {n} runs of the headline subset "
+        "(converged, not in analysis.exclude), beside the same statistics on the published "
+        "table (Milling et al. 2024, 38 runs). A negative value: sharper minima, lower accuracy. "
+        "Intervals: 95 % percentile bootstrap over runs (Ψ: runs resampled, none for the "
+        "published table). Holm p: adjusted within the paper's 9 tests (r, ρ, τ × 3 targets); "
+        "Ψ is exploratory and has none.",
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
@@ -133,9 +134,10 @@ def _paths(out: Outputs) -> list[Path]:
 
 
 def _save(fig: Figure, out: Outputs, dpi: int = 120) -> None:
-    """Write `fig` to every path of `out`, each atomically, in the format its suffix names."""
+    """Write `fig` to every path of `out`, each atomically, in the format its suffix names. SVG
+    keeps its text as text (not glyph outlines): a third of the size, and searchable."""
     for path in _paths(out):
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, rc_context({"svg.fonttype": "none"}):
             fig.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=dpi)
 
 
@@ -143,6 +145,15 @@ def _add_note(fig: Figure, note: str | None) -> None:
     """Print `note` under the panels (a figure-level label, so the layout leaves room for it)."""
     if note:
         fig.supxlabel(note, color="firebrick", fontsize=10).set_gid("note")
+
+
+def _no_data(out: Outputs, title: str, why: str) -> Figure:
+    """A figure with nothing to draw: no empty axes, only its title and one line saying why."""
+    fig = _new_figure(8.0, 0.9)
+    fig.suptitle(title)
+    fig.text(0.5, 0.3, why, ha="center", va="center", color="firebrick", fontsize=10, gid="note")
+    _save(fig, out)
+    return fig
 
 
 def _short_target(target: str) -> str:
@@ -290,32 +301,57 @@ def correlation_heatmap(
 
 
 def measure_ranking(table: pd.DataFrame, out_png: Outputs, *, note: str | None = None) -> Figure:
-    """One panel per target: every measure's Kendall tau (dot, 95 % bootstrap interval) and
-    granulated Psi (diamond, interval from resampled runs), best-agreeing measure on top."""
+    """Every measure of the ranking table (rows, best on average on top) against every target
+    (columns) as one heat map: the colour is `agreement` (Kendall τ signed so that + means the
+    measure agrees with generalisation: sharper, less accurate or a larger gap), each cell
+    gives τ with its 95 % bootstrap interval and granulated Ψ with its interval."""
     require_columns(table, ["measure", "target", "kendall_tau", "ci_low", "ci_high", "psi",
-                            "psi_ci_low", "psi_ci_high", "rank"], "ranking table")  # fmt: skip
-    targets = list(dict.fromkeys(table["target"])) or ["(none)"]
-    measures = list(dict.fromkeys(table["measure"]))
-    fig = _new_figure(3.4 * len(targets) + 1.5, 0.45 * len(measures) + 1.8)
-    axes = np.atleast_1d(fig.subplots(1, len(targets), sharey=True))
-    for ax, target in zip(axes, targets, strict=True):
-        sel = table[table["target"] == target].set_index("measure").reindex(measures)
-        rows = np.arange(len(measures))
-        for col, low, high, marker, offset, name in (
-            ("kendall_tau", "ci_low", "ci_high", "o", -0.12, "Kendall τ"),
-            ("psi", "psi_ci_low", "psi_ci_high", "D", 0.12, "granulated Ψ"),
-        ):
-            y = rows + offset
-            ax.hlines(y, sel[low], sel[high], color="grey", lw=1)
-            ax.plot(sel[col], y, marker, label=name, ms=5)
-        ax.axvline(0.0, color="black", lw=0.8)
-        ax.set(xlim=(-1, 1), title=TARGET_LABELS.get(target, target), xlabel="rank correlation")
-        ax.set_yticks(rows, [label(m) for m in measures])
-        ax.invert_yaxis()
-    axes[0].legend(loc="lower left", fontsize=8)
+                            "psi_ci_low", "psi_ci_high", "agreement"], "ranking table")  # fmt: skip
+    present = list(dict.fromkeys(table["target"]))
+    targets = [t for t in FOREST_TARGETS if t in present] + [
+        t for t in present if t not in FOREST_TARGETS
+    ]
+    order = table.groupby("measure", sort=False)["agreement"].mean().sort_values(ascending=False)
+    measures = list(order.index)
+    grid = table.pivot_table(index="measure", columns="target", values="agreement", dropna=False)
+    grid = grid.reindex(index=measures, columns=targets)
+    fig = _new_figure(2.3 * max(len(targets), 1) + 4.6, 0.62 * max(len(measures), 1) + 2.0)
+    ax = fig.subplots()
+    image = ax.imshow(grid.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    cells = table.set_index(["measure", "target"])
+    for i, m in enumerate(measures):
+        for j, t in enumerate(targets):
+            if (m, t) not in cells.index:
+                continue
+            c = cells.loc[(m, t)]
+            text = "\n".join(
+                f"{name} {_signed(c[v])} [{_signed(c[lo])}, {_signed(c[hi])}]"
+                for name, v, lo, hi in (("τ", "kendall_tau", "ci_low", "ci_high"),
+                                        ("Ψ", "psi", "psi_ci_low", "psi_ci_high"))
+            )  # fmt: skip
+            strong = np.isfinite(c["agreement"]) and abs(c["agreement"]) > 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if strong else "black")  # fmt: skip
+    ax.set_xticks(
+        range(len(targets)), [textwrap.fill(TARGET_LABELS.get(t, t), 22) for t in targets]
+    )
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(measures)), [textwrap.fill(label(m), 40) for m in measures])
+    ax.tick_params(length=0)
+    fig.colorbar(
+        image, ax=ax, shrink=0.8, label="agreement: Kendall τ, signed (+ = sharper ⇒ worse)"
+    )
+    n = int(table["n"].max()) if "n" in table.columns and len(table) else 0
+    fig.suptitle(f"Which measure predicts generalisation? Every measure against every target "
+                 f"({n} runs; best on average on top)")  # fmt: skip
     _add_note(fig, note)
     _save(fig, out_png)
     return fig
+
+
+def _signed(value: float) -> str:
+    """A correlation as printed in a heat map cell: `+0.41`, `−0.07`, `–` when undefined."""
+    return "–" if not np.isfinite(value) else f"{value:+.2f}".replace("-", "−")
 
 
 def _loss_scale(values: np.ndarray, n_levels: int = 30) -> tuple[np.ndarray | None, Normalize]:
@@ -416,17 +452,21 @@ def forest_plot(
     *,
     method: str = "spearman",
     targets: Sequence[str] = FOREST_TARGETS,
+    groups: Sequence[str] | None = None,
+    title: str = "Correlation of every measure with accuracy, pooled and within groups",
     note: str | None = None,
 ) -> Figure:
-    """Every measure x group (rows) against each target (columns): the correlation with its 95 %
-    bootstrap interval. Headline rows (the paper's claim) are red diamonds with bold names; the
-    adjusted p-value of every row is printed at its right: Holm within the headline family,
-    Benjamini-Hochberg q among the exploratory rows."""
+    """Every measure x group (rows; `groups` only, when given) against each target (columns):
+    the correlation with its 95 % bootstrap interval. Headline rows (the paper's claim) are red
+    diamonds with bold names; the adjusted p-value of every row is printed at its right: Holm
+    within the headline family, Benjamini-Hochberg q among the exploratory rows."""
     need = ["group", "target", "measure", "method", "statistic", "ci_low", "ci_high", "family",
             "p_holm", "p_bh"]  # fmt: skip
     require_columns(corr, need, "correlation table")
     sel = corr[(corr["method"] == method) & corr["target"].isin(targets)]
     sel = sel[~sel["group"].astype(str).str.startswith("axis=")]
+    if groups is not None:
+        sel = sel[sel["group"].isin(groups)]
     if sel.empty:
         raise ValueError(f"correlation table: no {method} rows for targets {list(targets)}")
     targets = [t for t in targets if t in set(sel["target"])]
@@ -434,7 +474,7 @@ def forest_plot(
     measures = list(dict.fromkeys(sel["measure"]))
     rows = [(g, m) for g in groups for m in measures]
     position = {key: i for i, key in enumerate(rows)}
-    fig = _new_figure(3.3 * len(targets) + 4.5, 0.24 * len(rows) + 1.8)
+    fig = _new_figure(2.6 * len(targets) + 4.8, 0.3 * len(rows) + 2.0)
     axes = np.atleast_1d(fig.subplots(1, len(targets), sharey=True))
     for ax, target in zip(axes, targets, strict=True):
         t = sel[sel["target"] == target].drop_duplicates(["group", "measure"])
@@ -449,23 +489,24 @@ def forest_plot(
                 ax.plot(t["statistic"][mask], y[mask], ls="none", label=name, **style)
         adjusted = np.where(headline, t["p_holm"], t["p_bh"])
         for yi, p, h in zip(y, adjusted, headline, strict=True):
-            ax.text(1.15, yi, _adjusted(p, "p" if h else "q"), va="center", fontsize=7,
+            ax.text(1.12, yi, _adjusted(p, "p" if h else "q"), va="center", fontsize=8,
                     color="firebrick" if h else "dimgrey")  # fmt: skip
         for k in range(1, len(groups)):
             ax.axhline(k * len(measures) - 0.5, color="lightgrey", lw=0.8)
         ax.axvline(0.0, color="black", lw=0.8)
-        ax.set(xlim=(-1.05, 1.85), title=textwrap.fill(label(target), 30))
+        ax.set(xlim=(-1.05, 1.9), title=textwrap.fill(label(target), 24))
         ax.set_xticks([-1, -0.5, 0, 0.5, 1])
         ax.set_xlabel(f"{method.title()} {SYMBOLS[method]}, 95 % interval")
         ax.set_gid(target)
-    axes[0].set_yticks(range(len(rows)), [f"{group_name(g)}: {label(m)}" for g, m in rows])
+    names = [label(m) if len(groups) == 1 else f"{group_name(g)}: {label(m)}" for g, m in rows]
+    axes[0].set_yticks(range(len(rows)), names, fontsize=9)
     for tick, (g, m) in zip(axes[0].get_yticklabels(), rows, strict=True):
         if g == "all" and m == HEADLINE_MEASURE:
             tick.set_fontweight("bold")
     axes[0].set_ylim(len(rows) - 0.5, -0.5)
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=8)
-    fig.suptitle("Correlation of every measure with accuracy, pooled and within groups")
+    fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=9)
+    fig.suptitle(title)
     _add_note(fig, note)
     _save(fig, out)
     return fig
@@ -677,6 +718,9 @@ def paper_comparison(table: pd.DataFrame, out: Outputs, *, note: str | None = No
     per quantity in PAPER_PANELS, with the identity line; the title gives Pearson's r and the mean
     difference. `table` is `published.compare_with_published`'s."""
     require_columns(table, ["optimizer", "arch"], "comparison table")
+    if table.empty:
+        return _no_data(out, "Our runs against the published runs with the same hyperparameters",
+                        note or "no run has a published twin")  # fmt: skip
     fig = _new_figure(4.0 * len(PAPER_PANELS) + 1.2, 4.2)
     axes = fig.subplots(1, len(PAPER_PANELS))
     opts = sorted(table["optimizer"].astype(str).unique())

@@ -14,7 +14,7 @@ rule figures:
         correlations="results/analysis/correlations.tsv",
     output:
         scatter=f"{FIGURES}/scatter.png",
-        scatter_svg=figure(f"{FIGURES}/scatter.svg", "scatter", REPORT["predict"]),
+        scatter_svg=figure(f"{FIGURES}/scatter.svg", "scatter", REPORT["answer"]),
         devices=f"{FIGURES}/devices.png",
         devices_svg=figure(f"{FIGURES}/devices.svg", "devices", REPORT["unseen"]),
         heatmap=f"{FIGURES}/correlations.png",
@@ -27,6 +27,10 @@ rule figures:
         by_arch_svg=figure(f"{FIGURES}/by_arch.svg", "by_arch", REPORT["group"]),
         forest=f"{FIGURES}/forest.png",
         forest_svg=figure(f"{FIGURES}/forest.svg", "forest", REPORT["predict"]),
+        forest_groups=f"{FIGURES}/forest_groups.png",
+        forest_groups_svg=figure(
+            f"{FIGURES}/forest_groups.svg", "forest_groups", REPORT["group"]
+        ),
         seeds=f"{FIGURES}/seeds.png",
         seeds_svg=figure(f"{FIGURES}/seeds.svg", "seeds", REPORT["stable"]),
     log:
@@ -39,6 +43,7 @@ rule figures:
         " --by-optimizer {output.by_optimizer} {output.by_optimizer_svg}"
         " --by-arch {output.by_arch} {output.by_arch_svg}"
         " --forest {output.forest} {output.forest_svg}"
+        " --forest-groups {output.forest_groups} {output.forest_groups_svg}"
         " --seeds {output.seeds} {output.seeds_svg} 2> {log}"
 
 
@@ -46,7 +51,9 @@ rule report_tables:
     input:
         summary="results/analysis/summary.tsv",
         correlations="results/analysis/correlations.tsv",
+        ranking="results/analysis/measure_ranking.tsv",
         published="results/paper/correlations.tsv",
+        scatter=f"{FIGURES}/scatter.svg",
     output:
         summary=report(
             "results/analysis/tables/summary.html",
@@ -56,13 +63,14 @@ rule report_tables:
         headline=report(
             "results/analysis/tables/headline.html",
             caption="../report/headline_table.rst",
-            category=REPORT["predict"],
+            category=REPORT["answer"],
         ),
     log:
         "logs/report_tables/report_tables.log",
     shell:
         "ascsharp report-tables --summary {input.summary} --correlations {input.correlations}"
-        " --published-correlations {input.published} --summary-html {output.summary}"
+        " --ranking {input.ranking} --published-correlations {input.published}"
+        " --scatter {input.scatter} --summary-html {output.summary}"
         " --headline-html {output.headline} 2> {log}"
 
 
@@ -130,20 +138,36 @@ rule landscape_views:
             subcategory="{run}",
             labels={"figure": "1-D slices", "direction seed": "all"},
         ),
-        html=report(
-            "results/landscapes/{run}/surface3d.html",
-            caption="../report/surface3d_html.rst",
-            category=REPORT["landscapes"],
-            subcategory="{run}",
-            labels={"figure": "3-D, interactive", "direction seed": "all"},
-        ),
     log:
         "logs/landscape_views/{run}.log",
     params:
         radius=config["sharpness"]["radius"],
     shell:
         "ascsharp landscape-views {input} --radius {params.radius}"
-        " --slices {output.png} {output.svg} --html {output.html} 2> {log}"
+        " --slices {output.png} {output.svg} 2> {log}"
+
+
+rule surfaces_page:
+    input:
+        [
+            f"{landscape_dir(run, d)}/surface.h5"
+            for run in RUN_IDS
+            for d in LAND["direction_seeds"]
+        ],
+    output:
+        report(
+            f"{FIGURES}/surfaces3d.html",
+            caption="../report/surface3d_html.rst",
+            category=REPORT["landscapes"],
+            subcategory="all runs",
+            labels={"figure": "3-D, interactive", "architecture": "all"},
+        ),
+    log:
+        "logs/surfaces_page/surfaces_page.log",
+    params:
+        radius=config["sharpness"]["radius"],
+    shell:
+        "ascsharp surfaces-page {input} --radius {params.radius} --out {output} 2> {log}"
 
 
 rule compare_published:

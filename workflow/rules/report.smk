@@ -4,13 +4,14 @@
 
 # Report categories, numbered in reading order.
 REPORT = {
-    "predict": "1. Does sharpness predict generalisation?",
-    "unseen": "2. On unseen recording devices?",
-    "group": "3. Within an optimiser or architecture?",
-    "stable": "4. Is the sharpness stable over direction seeds?",
-    "landscapes": "5. Loss landscapes",
-    "training": "6. Training",
-    "study": "7. Ours against the published study",
+    "answer": "1. The answer: does a sharper minimum mean lower accuracy?",
+    "predict": "2. Every measure, target and group",
+    "unseen": "3. On unseen recording devices?",
+    "group": "4. Within an optimiser or architecture?",
+    "stable": "5. Is the sharpness stable over direction seeds?",
+    "landscapes": "6. Loss landscapes",
+    "training": "7. Training",
+    "study": "8. Ours against the published study",
 }
 FIGURES = "results/analysis/figures"
 # The montage shows every run's landscape for the first direction seed; slices and the 3-D
@@ -39,7 +40,7 @@ def figure(path, caption, category, subcategory=None, **labels):
 def figure_targets():
     """What the report needs beyond all_targets(): every figure's SVG and the HTML pages."""
     names = ["scatter", "devices", "correlations", "by_optimizer", "by_arch", "forest"]
-    names += ["seeds", "measure_ranking", "paper_comparison"]
+    names += ["forest_groups", "seeds", "measure_ranking", "paper_comparison"]
     return [
         *expand(f"{FIGURES}/{{name}}.svg", name=names),
         *expand(
@@ -53,7 +54,7 @@ def figure_targets():
         *expand(
             "results/landscapes/{run}/{name}",
             run=RUN_IDS,
-            name=["slices.svg", "surface3d.html"],
+            name=["slices.svg"],
         ),
         *expand(
             "results/landscapes/{run}/direction_seed~{d}/{name}.svg",
@@ -61,6 +62,7 @@ def figure_targets():
             d=LAND["direction_seeds"],
             name=["contour", "surface3d"],
         ),
+        f"{FIGURES}/surfaces3d.html",
         "results/analysis/tables/summary.html",
         "results/analysis/tables/headline.html",
         "results/analysis/tables/paper_comparison.html",
