@@ -86,8 +86,7 @@ def peak_main(argv: list[str]) -> None:
         y = torch.randint(0, 10, (clips,), device=device)
         table = pd.DataFrame({"filename": [f"{i}.wav" for i in range(clips)]})
         settings = TrainSettings(epochs=1, width=width, selection="validation",
-                                 eval_batch_size=256, amp=args.amp,
-                                 converged_min_train_accuracy=0.0)  # fmt: skip
+                                 eval_batch_size=256, amp=args.amp)  # fmt: skip
         fit = Clips(x, y, table)
         unused = Store(Path("unused.npy"), Path("unused.tsv"))  # the data are in memory
         files = TrainFiles(train=unused, test=unused, holdout=Path("unused.tsv"),
