@@ -221,23 +221,35 @@ def test_a_new_direction_seed_adds_only_its_jobs(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_data_switches_rerun_nothing_once_the_data_exist(tiny_run, tmp_path):
-    """generate: false, then a set that was downloaded with download on and then off."""
+    """generate: false; then as if the set had been downloaded: download on, then off."""
     _up_to_date(tiny_run)
-    work = tmp_path / "copy"
-    shutil.copytree(tiny_run, work, symlinks=True)  # copy2 keeps the mtimes
     base = tiny_config()
     generated_off = changed(base, "dataset.synthetic.generate", False)
     downloading = changed(generated_off, "dataset.download.enabled", True)
-    for name, config in (("off", generated_off), ("download", downloading)):
-        (work / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    assert rules_to_run(work, "off.yaml") == set()
-    # As if the set had been downloaded: the download's marker is in place.
-    (work / base["dataset"]["root"] / DOWNLOAD_MARKER).write_text("{}\n")
-    assert rules_to_run(work, "download.yaml") == set()
-    assert rules_to_run(work, "off.yaml") == set()
+    off, download = tmp_path / "off.yaml", tmp_path / "download.yaml"
+    off.write_text(yaml.safe_dump(generated_off))
+    download.write_text(yaml.safe_dump(downloading))
+    assert rules_to_run(tiny_run, off) == set()
+    marker = tiny_run / base["dataset"]["root"] / DOWNLOAD_MARKER
+    marker.write_text("{}\n")  # the download's marker in place: a finished download
+    try:
+        assert rules_to_run(tiny_run, download) == set()
+        assert rules_to_run(tiny_run, off) == set()
+    finally:
+        marker.unlink()
 
 
 # --- Presets ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project with a fake DCASE2020 folder (dcase/, named in my-data.yaml), for
+    the tests that only read it (dry runs, the effective config)."""
+    work = copy_project(tmp_path_factory.mktemp("project"))
+    data = _fake_dataset(work / "dcase")
+    (work / "my-data.yaml").write_text(f"dataset:\n  root: {data}\n")
+    return work
+
+
 _INSPECT = """
 import json, os, sys
 from pathlib import Path
@@ -293,10 +305,8 @@ def _leaves(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("presets", [[PAPER], [PAPER, VALIDATION]], ids=["paper", "validation"])
-def test_a_preset_is_the_schema_plus_its_own_keys_never_the_demo(tmp_path, presets):
-    work = copy_project(tmp_path)
-    data = _fake_dataset(work / "dcase")
-    (work / "my-data.yaml").write_text(f"dataset:\n  root: {data}\n")
+def test_a_preset_is_the_schema_plus_its_own_keys_never_the_demo(project, presets):
+    work = project
     files = [*presets, "my-data.yaml"]
     effective = inspect(work, configfiles=files)["config"]
     assert effective == _merged(*(work / f for f in files))
@@ -315,8 +325,8 @@ def test_a_preset_is_the_schema_plus_its_own_keys_never_the_demo(tmp_path, prese
         assert got[key] == value != demo[key], key
 
 
-def test_the_demo_runs_without_a_configfile_and_equals_it_given_once_or_twice(tmp_path):
-    work = copy_project(tmp_path)
+def test_the_demo_runs_without_a_configfile_and_equals_it_given_once_or_twice(project):
+    work = project
     plain = inspect(work)["config"]
     assert plain == _merged(work / "config.yaml")
     assert inspect(work, configfiles=["config.yaml"])["config"] == plain
@@ -331,11 +341,8 @@ def _fake_dataset(root: Path) -> Path:
     return root
 
 
-def test_paper_preset_measures_run_with_the_schemas_settings(tmp_path):
-    work = copy_project(tmp_path)
-    data = _fake_dataset(work / "dcase")
-    out = snakemake(work, "-n", "-p", "--configfile", PAPER,
-                    "--config", f"dataset={{'root': '{data}'}}")  # fmt: skip
+def test_paper_preset_measures_run_with_the_schemas_settings(project):
+    out = snakemake(project, "-n", "-p", "--configfile", PAPER, "my-data.yaml")
     commands = re.findall(r"^Shell command: (ascsharp measure .*)$", out.stdout, flags=re.M)
     assert len(commands) == 46 * 3
     defaults = schema_defaults()["measures"]
@@ -365,14 +372,12 @@ def test_paper_preset_measures_run_with_the_schemas_settings(tmp_path):
         ("0", {"nodes": 64}, None),  # a cluster run (--jobs, --profile slurm): Slurm decides
     ],
 )
-def test_local_runs_hold_one_gpu_job_per_visible_card(tmp_path, visible, args, limit):
-    work = copy_project(tmp_path)
-    assert inspect(work, {"CUDA_VISIBLE_DEVICES": visible}, **args)["gpu"] == limit
+def test_local_runs_hold_one_gpu_job_per_visible_card(project, visible, args, limit):
+    assert inspect(project, {"CUDA_VISIBLE_DEVICES": visible}, **args)["gpu"] == limit
 
 
 # --- As a module -----------------------------------------------------------------------------
-def test_the_workflow_works_as_a_snakemake_module(tmp_path):
-    project = copy_project(tmp_path / "ascsharp")
+def test_the_workflow_works_as_a_snakemake_module(project, tmp_path):
     host = tmp_path / "host"
     host.mkdir()
     shutil.copy(TINY, host / "tiny.yaml")

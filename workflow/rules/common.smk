@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,8 +40,8 @@ ANALYSIS_EXCLUDE = json.dumps(config["analysis"]["exclude"], sort_keys=True)
 # change its result, never a whole config section. Settings that only change how fast a job
 # runs (evaluation batch sizes, landscape.compile) are declared as `resources` instead: a
 # resource feeds the command as `{resources.name}` but is not part of what Snakemake records,
-# so changing it reruns nothing (threads are not recorded either). They can also be changed for
-# one rule with `--set-resources RULE:NAME=VALUE`.
+# so changing it reruns nothing (threads are not recorded either). `--set-resources` can also
+# change them for a single rule.
 
 
 # --- GPUs on a workstation --------------------------------------------------------------------
@@ -51,15 +52,19 @@ ANALYSIS_EXCLUDE = json.dumps(config["analysis"]["exclude"], sort_keys=True)
 # as Snakemake itself does: it has a number of nodes (`--jobs`, set by the Slurm profile); the
 # executor is not known yet while the Snakefile is read.
 def gpu_visible() -> bool:
-    """Whether a job would see a CUDA card: CUDA_VISIBLE_DEVICES if set, else /dev/nvidia<N>.
-
-    Read without importing torch (seconds per parse); a job sees the same cards.
-    """
+    """Whether a job would see a CUDA card: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`
+    (shipped with the NVIDIA driver); read without importing torch (seconds per parse)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         first = visible.split(",")[0].strip()
         return first != "" and not first.startswith("-")  # "" and "-1" hide every card
-    return any(dev.name[6:].isdigit() for dev in Path("/dev").glob("nvidia*"))
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False  # no driver: no card
+    return any(line.startswith("GPU ") for line in listed.splitlines())
 
 
 if (
