@@ -220,6 +220,23 @@ def test_a_new_direction_seed_adds_only_its_jobs(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_new_grid_seed_trains_only_the_new_runs(tiny_run, tmp_path):
+    _up_to_date(tiny_run)
+    path = tmp_path / "seed44.yaml"
+    path.write_text(
+        yaml.safe_dump(changed(tiny_config(), "grid.blocks", SPECIAL_VALUES["grid.blocks"]))
+    )
+    out = snakemake(tiny_run, "-n", "--configfile", str(path))
+    text = out.stdout + out.stderr
+    counts = dict(re.findall(r"^(\w+) +(\d+)$", text.split("Job stats:")[1], flags=re.M))
+    new_runs = 2  # adam and sgd with seed 44
+    assert int(counts["train"]) == new_runs and int(counts["measure"]) == 3 * new_runs
+    assert int(counts["landscape_shard"]) == 2 * new_runs and int(counts["gather"]) == new_runs
+    trained = re.findall(r"^rule train:\n(?:    .*\n)*?    wildcards: run=(\S+)", text, flags=re.M)
+    assert trained and all(run.endswith("seed~44") for run in trained)
+
+
+@pytest.mark.slow
 def test_data_switches_rerun_nothing_once_the_data_exist(tiny_run, tmp_path):
     """generate: false; then as if the set had been downloaded: download on, then off."""
     _up_to_date(tiny_run)
