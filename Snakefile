@@ -21,8 +21,14 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# Found from the Snakefile, so that `--directory runs/NAME` keeps a run's outputs apart.
-configfile: Path(workflow.basedir) / "config.yaml"
+# The effective config is the schema's defaults (filled in by validate_config, common.smk) under
+# the config files in the order given: the demo (config.yaml) when no --configfile is given,
+# else only the files given (a preset, then the user's own), so that no demo value ever leaks
+# into a preset (docs/reruns.md, "Presets"). config.yaml is found from this file, so that
+# `--directory runs/NAME` keeps a run's outputs apart.
+if not workflow.overwrite_configfiles:
+
+    configfile: Path(workflow.current_basedir) / "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -418,7 +418,8 @@ def _metrics_and_sharpness() -> tuple[dict, dict]:
         "run": "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42",
         "hyperparameters": {"arch": "cnn10", "optimizer": "adam", "lr": 0.001,
                             "batch_size": 16, "seed": 42},
-        "converged": True, "selected_on": "validation", "epoch": 3,
+        "convergence": {"finite_losses": True, "final_train_accuracy": 0.9},
+        "selected_on": "validation", "epoch": 3,
         "test": {"accuracy": 0.5, "seen": 0.5, "unseen": 0.5, "uar": 0.5, "macro_f1": 0.5,
                  "loss": 1.0, "by_device": by_device, "by_city": {}},
         "train": {"accuracy": 0.9, "loss": 0.3},
@@ -430,7 +431,10 @@ def _metrics_and_sharpness() -> tuple[dict, dict]:
 
 def test_run_row_names_the_paper_variant_once():
     metrics, sharp = _metrics_and_sharpness()
-    row = run_summary.run_row(metrics, sharp)
+    row = run_summary.run_row(metrics, sharp, converged_min_train_accuracy=0.2)
+    assert row["converged"] is True
+    # The threshold is the summary's: the same metrics.json is unconverged under a higher one.
+    assert not run_summary.run_row(metrics, sharp, converged_min_train_accuracy=0.95)["converged"]
     assert row["generalisation_gap"] == 0.4  # from metrics.json, not recomputed
     assert (row["mean_sharpness"], row["std_sharpness"], row["max_sharpness"]) == (7.0, 0.1, 8.0)
     assert row["sharpness_seed42"] == 7.0
@@ -740,7 +744,9 @@ def test_measure_files_become_summary_columns_matched_by_run(tmp_path):
     for k, m in enumerate(measures):  # file names say nothing: the run inside counts
         measure_paths.append(tmp_path / f"m{k}.json")
         measure_paths[-1].write_text(json.dumps(m))
-    df = run_summary.summary_from_files([paths["metrics"]], [paths["sharp"]], [], measure_paths)
+    df = run_summary.summary_from_files(
+        [paths["metrics"]], [paths["sharp"]], [], measure_paths, converged_min_train_accuracy=0.2
+    )
     row = df.iloc[0]
     assert (row["hessian_lambda_max"], row["hessian_trace"], row["adaptive_worst"]) == (3.5, 9, 0.2)
     assert "adaptive_average" not in df.columns  # another run's file

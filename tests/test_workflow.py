@@ -108,9 +108,14 @@ def test_default_dry_run_lists_the_dag(tmp_path):
     assert counts["gather"] == 16 and counts["run_sharpness"] == 8
     assert counts["measure"] == 8 * 3 and counts["rank_measures"] == 1
     assert counts["synthesize"] == 1 and counts["features"] == 2
-    # The synthetic set is declared by the marker file `ascsharp synth` writes into it.
+    # The synthetic set is declared by the marker file `ascsharp synth` writes into it and the
+    # files the features read (also when the set is not generated: docs/reruns.md).
     (synthesize,) = [j for j in _jobs(out) if j["rule"] == "synthesize"]
-    assert synthesize["output"] == f"data/synthetic/{MARKER}"
+    assert synthesize["output"].split(", ") == [
+        f"data/synthetic/{name}"
+        for name in (MARKER, "meta.csv", "evaluation_setup/fold1_train.csv",
+                     "evaluation_setup/fold1_evaluate.csv")
+    ]  # fmt: skip
 
 
 def _fake_dataset(root: Path) -> Path:
@@ -159,8 +164,10 @@ def test_download_is_planned_on_the_submit_host(tmp_path):
     proc = snakemake(work, "-n", "--profile", "slurm", "--configfile",
                      "workflow/presets/paper.yaml", str(mine))  # fmt: skip
     (download,) = [j for j in _jobs(proc) if j["rule"] == "download"]
-    # The download is declared by the marker file `ascsharp download` writes into the set.
-    assert download["output"] == f"data/TAU-urban-acoustic-scenes-2020-mobile-development/{MARKER}"
+    # The download is declared by the marker file `ascsharp download` writes into the set (and
+    # the files the features read).
+    root = "data/TAU-urban-acoustic-scenes-2020-mobile-development"
+    assert download["output"].split(", ")[:2] == [f"{root}/{MARKER}", f"{root}/meta.csv"]
     assert _job_counts(proc)["features"] == 2
     assert "download" in _localrules(work, "workflow/presets/paper.yaml", str(mine))
 

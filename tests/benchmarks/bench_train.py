@@ -92,7 +92,7 @@ def epoch_job(x: torch.Tensor, y: torch.Tensor, batch_size: int, width: float, a
     """A training job over the clips (x, y) in memory, for train._train_epoch."""
     table = pd.DataFrame({"filename": [f"{i}.wav" for i in range(len(x))]})
     settings = TrainSettings(epochs=1, width=width, selection="validation", eval_batch_size=256,
-                             amp=amp, converged_min_train_accuracy=0.0)  # fmt: skip
+                             amp=amp)  # fmt: skip
     fit = Clips(x, y, table)
     unused = Store(Path("unused.npy"), Path("unused.tsv"))  # the data are in memory
     files = TrainFiles(train=unused, test=unused, holdout=Path("unused.tsv"),

@@ -222,7 +222,6 @@ def _train_args(p):
     p.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, required=True, help="CUDA mixed precision"
     )
-    p.add_argument("--converged-min-train-accuracy", type=float, required=True)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument(
         "--features-settings",
@@ -249,7 +248,6 @@ def _train(args):
         selection=args.selection,
         eval_batch_size=args.eval_batch_size,
         amp=args.amp,
-        converged_min_train_accuracy=args.converged_min_train_accuracy,
     )
     try:
         features = json.loads(args.features_settings.read_text())["mel"]
@@ -614,6 +612,12 @@ def _summarize_args(p):
         "--measures", type=Path, nargs="*", required=True, help="every results/measures JSON"
     )
     p.add_argument("--exclude", required=True, help="analysis.exclude as JSON")
+    p.add_argument(
+        "--converged-min-train-accuracy",
+        type=float,
+        required=True,
+        help="a run converged when its losses are finite and its final train accuracy reaches this",
+    )
     p.add_argument("--out", type=Path, required=True, help="summary.tsv")
 
 
@@ -630,7 +634,13 @@ def _summarize(args):
         exclude = json.loads(args.exclude)
     except json.JSONDecodeError as e:
         raise ValueError(f"--exclude: not valid JSON ({e.msg})") from None
-    summary = summary_from_files(args.metrics, args.sharpness, exclude, args.measures)
+    summary = summary_from_files(
+        args.metrics,
+        args.sharpness,
+        exclude,
+        args.measures,
+        converged_min_train_accuracy=args.converged_min_train_accuracy,
+    )
     write_table(args.out, summary)
 
 

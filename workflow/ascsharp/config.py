@@ -86,8 +86,8 @@ def schema_defaults() -> dict[str, Any]:
 def _rename_deprecated(config: dict[str, Any], source: str) -> None:
     """Move renamed keys to their new names in place, with a note in the log.
 
-    The old key wins over the new one: config.yaml (always read first) sets every new name, so
-    an old name can only come from a file of the user's given after it.
+    The old key wins over the new one: the demo (config.yaml) and the presets use only new
+    names, so an old name can only come from a file of the user's, given after them.
     """
     for (section, old), new in RENAMED_KEYS.items():
         settings = config.get(section)

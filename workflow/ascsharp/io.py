@@ -103,14 +103,18 @@ def staging_dir(root: Path) -> Iterator[Path]:
 def publish_dir(tmp: Path, root: Path) -> None:
     """Move a finished folder built at `tmp` (beside `root`) into place in one rename.
 
-    `root` may exist only as an empty folder; mkdtemp's private mode is relaxed to the umask.
+    `root` may exist only as a folder without files (Snakemake makes the folders of a rule's
+    declared outputs before the job); mkdtemp's private mode is relaxed to the umask.
     Everything written is flushed to disk first (one sync() rather than an fsync per file of
     a 17k-file data set), so the renamed folder never holds unwritten files after a crash.
     """
     os.chmod(tmp, 0o777 & ~_umask())
     os.sync()
     if root.is_dir():
-        root.rmdir()  # rename() cannot replace a non-empty folder; callers checked it is empty
+        # rename() cannot replace a non-empty folder; rmdir() removes empty folders only.
+        for folder in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()
+        root.rmdir()
     os.replace(tmp, root)
     _fsync(root.parent)
 
@@ -145,12 +149,17 @@ def handle_termination() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _holds_files(root: Path) -> bool:
+    return any(not p.is_dir() for p in root.rglob("*"))
+
+
 def previous_marker(root: Path, marker: str, what: str) -> dict[str, Any] | None:
     """The marker JSON of a folder published earlier by ascsharp; None if `root` is absent or
-    empty. Any other content is refused, so that a generator never writes over a user's data."""
+    holds no files (only folders, as Snakemake makes for a rule's outputs). Any other content
+    is refused, so that a generator never writes over a user's data."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root}: exists and is not a folder")
-    if not root.is_dir() or not any(root.iterdir()):
+    if not root.is_dir() or not _holds_files(root):
         return None
     try:
         return json.loads((root / marker).read_text())

@@ -52,8 +52,23 @@ def _variant_name(region: str, reference: str) -> str:
     return f"sharpness_{region}_{reference}".replace("-", "_")
 
 
+def is_converged(metrics: dict[str, Any], min_train_accuracy: float) -> bool:
+    """Whether a run converged: every epoch's losses finite and the last epoch's training
+    accuracy at least `min_train_accuracy` (train.converged_min_train_accuracy).
+
+    Judged here from what training recorded, not by training, so that a new threshold reruns
+    only the statistics.
+    """
+    record = metrics["convergence"]
+    return bool(record["finite_losses"] and record["final_train_accuracy"] >= min_train_accuracy)
+
+
 def run_row(
-    metrics: dict[str, Any], sharp: dict[str, Any], measures: Sequence[dict[str, Any]] = ()
+    metrics: dict[str, Any],
+    sharp: dict[str, Any],
+    measures: Sequence[dict[str, Any]] = (),
+    *,
+    converged_min_train_accuracy: float,
 ) -> dict[str, Any]:
     """Flatten one run's metrics.json, sharpness JSON and measure JSONs into a summary row.
 
@@ -64,7 +79,7 @@ def run_row(
     test = metrics["test"]
     row: dict[str, Any] = {"run": metrics["run"], **metrics["hyperparameters"]}
     row.update(
-        converged=metrics["converged"],
+        converged=is_converged(metrics, converged_min_train_accuracy),
         selected_on=metrics["selected_on"],
         epoch=metrics["epoch"],
         test_all=test["accuracy"],
@@ -115,6 +130,8 @@ def summary_from_files(
     sharpness_paths: Sequence[Path],
     exclude: list[dict[str, Any]],
     measure_paths: Sequence[Path] = (),
+    *,
+    converged_min_train_accuracy: float,
 ) -> pd.DataFrame:
     """summary.tsv: one row per run, with `excluded` and its reason from analysis.exclude.
 
@@ -141,7 +158,12 @@ def summary_from_files(
         run = metrics.get("run")
         if run not in sharp_by_run:
             raise ValueError(f"{path}: no sharpness file for run {run!r}")
-        row = run_row(metrics, sharp_by_run[run], measures_by_run.get(run, []))
+        row = run_row(
+            metrics,
+            sharp_by_run[run],
+            measures_by_run.get(run, []),
+            converged_min_train_accuracy=converged_min_train_accuracy,
+        )
         reasons = [r.get("reason", "excluded in config") for r in exclude if matches(row, r)]
         row["excluded"] = bool(reasons)
         row["exclusion_reason"] = "; ".join(reasons)

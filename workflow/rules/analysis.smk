@@ -16,9 +16,13 @@ rule summarize:
         "logs/summarize/summarize.log",
     params:
         exclude=ANALYSIS_EXCLUDE,
+        # Judged here, not in training: a new threshold reruns the statistics only.
+        converged_min_train_accuracy=config["train"]["converged_min_train_accuracy"],
     shell:
         "ascsharp summarize --metrics {input.metrics} --sharpness {input.sharpness}"
-        " --measures {input.measures} --exclude {params.exclude:q} --out {output} 2> {log}"
+        " --measures {input.measures} --exclude {params.exclude:q}"
+        " --converged-min-train-accuracy {params.converged_min_train_accuracy}"
+        " --out {output} 2> {log}"
 
 
 rule correlations:
@@ -29,10 +33,11 @@ rule correlations:
     log:
         "logs/correlations/correlations.log",
     params:
-        analysis=config["analysis"],
+        bootstrap=config["analysis"]["bootstrap"],
+        seed=config["analysis"]["seed"],
     shell:
-        "ascsharp correlate {input} --bootstrap {params.analysis[bootstrap]}"
-        " --seed {params.analysis[seed]} --out {output} 2> {log}"
+        "ascsharp correlate {input} --bootstrap {params.bootstrap}"
+        " --seed {params.seed} --out {output} 2> {log}"
 
 
 rule rank_measures:
@@ -49,10 +54,11 @@ rule rank_measures:
     log:
         "logs/rank_measures/rank_measures.log",
     params:
-        analysis=config["analysis"],
+        bootstrap=config["analysis"]["bootstrap"],
+        seed=config["analysis"]["seed"],
     shell:
-        "ascsharp rank-measures {input} --bootstrap {params.analysis[bootstrap]}"
-        " --seed {params.analysis[seed]} --out {output.table} --figure {output.figure}"
+        "ascsharp rank-measures {input} --bootstrap {params.bootstrap}"
+        " --seed {params.seed} --out {output.table} --figure {output.figure}"
         " {output.figure_svg}"
         " 2> {log}"
 

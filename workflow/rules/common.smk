@@ -1,6 +1,8 @@
 # Path helpers, the run grid, wildcard constraints and what each cluster job asks for.
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,15 +22,58 @@ config.update(_validated)
 RUNS = Paramspace(expand_grid(config["grid"]), single_wildcard="run")
 RUN_IDS = list(RUNS.instance_patterns)
 DATA_ROOT = config["dataset"]["root"]
-# Files shipped with the workflow, found from the Snakefile so that `--directory` works.
+# Files shipped with the workflow, found from this file (not from the Snakefile that includes the
+# workflow, nor from the working directory), so that `--directory` and `module` both work.
 PAPER_TABLE = str(
-    Path(workflow.basedir) / "workflow/reference/paper_results_icassp2024.csv"
+    Path(workflow.current_basedir).parent / "reference/paper_results_icassp2024.csv"
 )
 LAND = config["landscape"]
 SHARDS = range(LAND["shards"])
 FOLD_OF_STORE = {"train": "train", "test": "evaluate"}
-# Passed to `ascsharp summarize` as JSON: runs left out of the headline statistics.
-ANALYSIS_EXCLUDE = json.dumps(config["analysis"]["exclude"])
+# Passed to `ascsharp summarize` as JSON: runs left out of the headline statistics. Sorted keys:
+# the order in which a config file spells a filter's keys must not rerun the summary.
+ANALYSIS_EXCLUDE = json.dumps(config["analysis"]["exclude"], sort_keys=True)
+
+# --- Rerun triggers (docs/reruns.md) ----------------------------------------------------------
+# Snakemake reruns a job when a value among its `params` changes (and when its inputs or the
+# text of its shell command do). So `params` hold exactly the values a command reads that can
+# change its result, never a whole config section. Settings that only change how fast a job
+# runs (evaluation batch sizes, landscape.compile) are declared as `resources` instead: a
+# resource feeds the command as `{resources.name}` but is not part of what Snakemake records,
+# so changing it reruns nothing (threads are not recorded either). `--set-resources` can also
+# change them for a single rule.
+
+
+# --- GPUs on a workstation --------------------------------------------------------------------
+# Every GPU job (resources gpu=1) uses the first visible card (`cuda`), so a local run must hold
+# at most one at a time: unless the user gave `--resources gpu=N`, a local run with a visible
+# GPU is limited to gpu=1. CPU-only machines get no limit (`--cores 8` runs 8 grid jobs), and
+# cluster runs get none either (Slurm gives each job its own card). A cluster run is told apart
+# as Snakemake itself does: it has a number of nodes (`--jobs`, set by the Slurm profile); the
+# executor is not known yet while the Snakefile is read.
+def gpu_visible() -> bool:
+    """Whether a job would see a CUDA card: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`
+    (shipped with the NVIDIA driver); read without importing torch (seconds per parse)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        first = visible.split(",")[0].strip()
+        return first != "" and not first.startswith("-")  # "" and "-1" hide every card
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False  # no driver: no card
+    return any(line.startswith("GPU ") for line in listed.splitlines())
+
+
+if (
+    workflow.is_main_process
+    and workflow.nodes is None
+    and "gpu" not in workflow.global_resources
+    and gpu_visible()
+):
+    workflow.register_resource("gpu", 1)
 
 
 wildcard_constraints:
@@ -59,21 +104,28 @@ def shards_of(wildcards):
 # --- The data set -----------------------------------------------------------------------------
 # A features job depends on the files that define the data set, never on its folder: the folder's
 # mtime changes whenever anything is added to it (a README, a notes file), and a folder input
-# would then rerun every feature store, model and landscape. The synthetic set and the download
-# are published by renaming a finished folder into place, with their marker file inside, so the
-# marker is the one output their rules declare (ascsharp.meta names it).
+# would then rerun every feature store, model and landscape. They are the same files whether the
+# set is generated (rule synthesize), downloaded (rule download) or already there, so that
+# switching dataset.synthetic.generate or dataset.download.enabled off once the data exist
+# reruns nothing. The synthetic set and the download are published by renaming a finished
+# folder into place, so their rules declare these files together with their marker file.
 # meta.csv plus the two fold files the workflow reads (fold1_test.csv is not used).
 DATASET_FILES = [META_FILE, *(FOLD_FILES[fold][0] for fold in ("train", "evaluate"))]
+SYNTHETIC = config["dataset"]["synthetic"]
+GENERATE_DATA = SYNTHETIC["generate"]
+DOWNLOAD_DATA = config["dataset"]["download"]["enabled"] and not GENERATE_DATA
+
+
+def published_dataset(marker):
+    """The outputs of synthesize or download: their marker, then the files features read."""
+    return [f"{DATA_ROOT}/{name}" for name in (marker, *DATASET_FILES)]
 
 
 def dataset_files():
-    """The inputs of a features job: the marker of a generated set, else meta.csv + fold files."""
-    data = config["dataset"]
-    if data["synthetic"]["generate"]:
-        return [f"{DATA_ROOT}/{SYNTHETIC_MARKER}"]
-    if data["download"]["enabled"]:
-        return [f"{DATA_ROOT}/{DOWNLOAD_MARKER}"]
+    """The inputs of a features job: meta.csv and the fold files of dataset.root."""
     files = [f"{DATA_ROOT}/{name}" for name in DATASET_FILES]
+    if GENERATE_DATA or DOWNLOAD_DATA:
+        return files
     missing = [f for f in files if not Path(f).is_file()]
     # Only the main process checks: inside a cluster job the data are not needed by every rule.
     if missing and workflow.is_main_process:
@@ -91,7 +143,7 @@ def dataset_root_of_output(wildcards, output):
 
 
 def dataset_root_of_input(wildcards, input):
-    """The data set folder of a features job: that of meta.csv or of the marker."""
+    """The data set folder of a features job: that of meta.csv."""
     return str(Path(input[0]).parent)
 
 
@@ -160,10 +212,25 @@ MEASURE_FORWARD_PASSES = {
 }
 
 
+# Keys of a measure's section that are not `ascsharp measure` options defining its values:
+# `enabled` decides whether it runs, `batch_size` (memory only) is a resource of the job.
+MEASURE_NON_OPTIONS = ("enabled", "batch_size")
+
+
 def measure_options(wildcards):
-    """The measure's settings from the config, as `ascsharp measure` options."""
-    settings = {k: v for k, v in MEASURES[wildcards.measure].items() if k != "enabled"}
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+    """The settings that define the measure's values, as `ascsharp measure` options; sorted, so
+    that the order in which a config file lists them reruns nothing."""
+    settings = MEASURES[wildcards.measure]
+    return " ".join(
+        f"--{key.replace('_', '-')} {value}"
+        for key, value in sorted(settings.items())
+        if key not in MEASURE_NON_OPTIONS
+    )
+
+
+def measure_batch_size(wildcards):
+    """Clips per chunk of a measure job: memory and speed only, so a resource."""
+    return MEASURES[wildcards.measure]["batch_size"]
 
 
 def measure_runtime(wildcards, attempt):

@@ -21,14 +21,15 @@ rule features:
     params:
         root=dataset_root_of_input,
         fold=lambda w: FOLD_OF_STORE[w.store],
-        audio=config["dataset"],
+        audio_sample_rate=config["dataset"]["audio_sample_rate"],
+        clip_seconds=config["dataset"]["clip_seconds"],
         dtype=config["features"]["dtype"],
         mel=mel_args(),
     shell:
         "ascsharp features --root {params.root:q} --fold {params.fold} --out-npy {output.npy}"
         " --out-tsv {output.tsv} --out-json {output.about}"
-        " --audio-sample-rate {params.audio[audio_sample_rate]}"
-        " --clip-seconds {params.audio[clip_seconds]} --dtype {params.dtype}"
+        " --audio-sample-rate {params.audio_sample_rate}"
+        " --clip-seconds {params.clip_seconds} --dtype {params.dtype}"
         " --threads {threads} {params.mel} 2> {log}"
 
 
@@ -40,7 +41,8 @@ rule validation_split:
     log:
         "logs/validation_split/validation_split.log",
     params:
-        features=config["features"],
+        fraction=config["features"]["validation_fraction"],
+        seed=config["features"]["validation_seed"],
     shell:
-        "ascsharp holdout {input} --fraction {params.features[validation_fraction]}"
-        " --seed {params.features[validation_seed]} --out {output} 2> {log}"
+        "ascsharp holdout {input} --fraction {params.fraction}"
+        " --seed {params.seed} --out {output} 2> {log}"

@@ -33,12 +33,17 @@ rule landscape_shard:
         gpu=1,
         runtime=landscape_shard_runtime,
         mem_mb=memory_mb,
-    params:
-        land=LAND,
-        grid=grid_args(),
-        clips=LAND["clips"] or "all",
+        # Speed only (the loss is summed in float64 per clip): rerun nothing (common.smk).
+        batch_size=LAND["batch_size"],
         compile="--compile" if LAND["compile"] else "--no-compile",
-        # only where it acts, so that sharpness.radius reruns no float32 surface
+    params:
+        split=LAND["split"],
+        clips=LAND["clips"] or "all",
+        # How the grid is split decides which points this shard holds.
+        shards=LAND["shards"],
+        grid=grid_args(),
+        precision=LAND["precision"],
+        # Only where it acts, so that sharpness.radius reruns no float32 surface.
         refine=(
             f"--refine-radius {config['sharpness']['radius']}"
             if LAND["refine"] and LAND["precision"] != "float32"
@@ -47,11 +52,10 @@ rule landscape_shard:
     shell:
         "ascsharp landscape-shard --model {input.model} --directions {input.directions}"
         " --features-npy {input.npy} --features-tsv {input.tsv}"
-        " --split {params.land[split]} --clips {params.clips}"
-        " --batch-size {params.land[batch_size]} --shards {params.land[shards]}"
-        " --shard {wildcards.shard} {params.grid} --precision {params.land[precision]}"
-        " {params.compile} {params.refine}"
-        " --threads {threads} --out {output.shard} 2> {log}"
+        " --split {params.split} --clips {params.clips}"
+        " --batch-size {resources.batch_size} --shards {params.shards}"
+        " --shard {wildcards.shard} {params.grid} --precision {params.precision}"
+        " {resources.compile} {params.refine} --threads {threads} --out {output.shard} 2> {log}"
 
 
 rule gather:

@@ -18,6 +18,8 @@ rule measure:
         gpu=1,
         runtime=measure_runtime,
         mem_mb=memory_mb,
+        # Memory and speed only: reruns nothing (common.smk).
+        batch_size=measure_batch_size,
     params:
         options=measure_options,
         clips=MEASURES["clips"] or "all",
@@ -25,5 +27,6 @@ rule measure:
     shell:
         "ascsharp measure --measure {wildcards.measure} --model {input.model}"
         " --features-npy {input.npy} --features-tsv {input.tsv} --clips {params.clips}"
-        " --seed {params.seed} {params.options} --threads {threads} --out {output.measure}"
+        " --seed {params.seed} {params.options} --batch-size {resources.batch_size}"
+        " --threads {threads} --out {output.measure}"
         " 2> {log}"

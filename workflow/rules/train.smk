@@ -23,8 +23,11 @@ rule train:
         gpu=1,
         runtime=train_runtime,
         mem_mb=memory_mb,
+        # Speed only (evaluation in eval mode, one clip at a time): reruns nothing (common.smk).
+        eval_batch_size=config["train"]["eval_batch_size"],
     params:
-        train=config["train"],
+        epochs=config["train"]["epochs"],
+        selection=config["train"]["selection"],
         width=config["model"]["width"],
         amp="--amp" if config["train"]["amp"] else "--no-amp",
         trajectory=trajectory_option,
@@ -33,9 +36,6 @@ rule train:
         " --train-tsv {input.train_tsv} --test-npy {input.test_npy}"
         " --test-tsv {input.test_tsv} --holdout {input.holdout}"
         " --model {output.model} --metrics {output.metrics} --history {output.history}"
-        " --epochs {params.train[epochs]}"
-        " --width {params.width} --selection {params.train[selection]}"
-        " --eval-batch-size {params.train[eval_batch_size]} {params.amp}"
-        " --converged-min-train-accuracy {params.train[converged_min_train_accuracy]}"
-        " --features-settings {input.settings} {params.trajectory}"
-        " --threads {threads} 2> {log}"
+        " --epochs {params.epochs} --width {params.width} --selection {params.selection}"
+        " --eval-batch-size {resources.eval_batch_size} {params.amp}"
+        " --features-settings {input.settings} {params.trajectory} --threads {threads} 2> {log}"

@@ -33,18 +33,19 @@ rule interpolate:
         gpu=1,
         runtime=interpolation_runtime,
         mem_mb=memory_mb,
+        # Speed only, as the landscape's (common.smk): reruns nothing.
+        batch_size=LAND["batch_size"],
     params:
         alpha=" ".join(str(INTERPOLATION["alpha"][k]) for k in ("min", "max", "num")),
         bn_statistics=INTERPOLATION["bn_statistics"],
         split=LAND["split"],
         clips=LAND["clips"] or "all",
-        batch_size=LAND["batch_size"],
         precision=LAND["precision"],
     shell:
         "ascsharp interpolate --model-a {input.a} --model-b {input.b} --alpha {params.alpha}"
         " --bn-statistics {params.bn_statistics} --features-npy {input.npy}"
         " --features-tsv {input.tsv} --split {params.split} --clips {params.clips}"
-        " --batch-size {params.batch_size} --precision {params.precision}"
+        " --batch-size {resources.batch_size} --precision {params.precision}"
         " --threads {threads} --out {output.json} --figure {output.png} {output.svg} 2> {log}"
 
 
@@ -72,18 +73,19 @@ rule trajectory_plane:
         gpu=1,
         runtime=trajectory_runtime,
         mem_mb=memory_mb,
+        # Speed only, as the landscape's (common.smk): reruns nothing.
+        batch_size=LAND["batch_size"],
     params:
         parameters=TRAJECTORY["parameters"],
         num=TRAJECTORY["num"],
         margin=TRAJECTORY["margin"],
         split=LAND["split"],
         clips=LAND["clips"] or "all",
-        batch_size=LAND["batch_size"],
         precision=LAND["precision"],
     shell:
         "ascsharp trajectory-plane --model {input.model} --trajectory {input.trajectory}"
         " --parameters {params.parameters} --num {params.num} --margin {params.margin}"
         " --features-npy {input.npy} --features-tsv {input.tsv} --split {params.split}"
-        " --clips {params.clips} --batch-size {params.batch_size}"
+        " --clips {params.clips} --batch-size {resources.batch_size}"
         " --precision {params.precision} --threads {threads} --out {output.h5}"
         " --figure {output.png} {output.svg} 2> {log}"
