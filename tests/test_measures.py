@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ascsharp import checkpoint
-from ascsharp.adaptive import adaptive_average, adaptive_worst, scales
+from ascsharp.adaptive import adaptive_average, adaptive_worst, checkpoints, scales, worst_batches
 from ascsharp.cli import main
 from ascsharp.curvature import hessian, hessian_operator, rademacher
 from ascsharp.measures import Cost, loss_and_gradient
@@ -224,8 +224,9 @@ def test_worst_case_l2_at_the_minimum_is_half_rho2_lambda_max_TAT(adaptive):
     rho = 0.3
     T = torch.diag(model.w.detach().abs()) if adaptive else torch.eye(6, dtype=torch.float64)
     exact = 0.5 * rho**2 * float(torch.linalg.eigvalsh(T @ model.A @ T)[-1])
+    # At the minimum the gradient is 0: only the strong search's random restarts leave it.
     opts = {"rho": rho, "p": "2", "steps": 20, "restarts": 3, "m": None, "batch_size": 64,
-            "adaptive": adaptive}  # fmt: skip
+            "adaptive": adaptive, "search": "strong"}  # fmt: skip
     v = adaptive_worst(model, x, y, opts, seed=5, log=LOG, loss_fn=per_clip)["values"]
     got = v["adaptive_worst" if adaptive else "worst"]
     assert got <= exact * (1 + 1e-9)  # a lower bound: PGA only evaluates points of the ball
@@ -236,7 +237,8 @@ def test_worst_case_linf_diagonal_quadratic_reaches_the_corner():
     model, x, y = quadratic(diagonal=True)
     rho, w = 0.1, model.w.detach()
     exact = 0.5 * rho**2 * float((torch.diagonal(model.A) * w**2).sum())
-    opts = {"rho": rho, "p": "inf", "steps": 10, "restarts": 2, "m": None, "batch_size": 64}
+    opts = {"rho": rho, "p": "inf", "steps": 10, "restarts": 2, "m": None, "batch_size": 64,
+            "search": "strong"}  # fmt: skip
     v = adaptive_worst(model, x, y, opts, seed=5, log=LOG, loss_fn=per_clip)["values"]
     assert v["adaptive_worst"] == pytest.approx(exact, rel=0.02)
 
@@ -287,7 +289,10 @@ def test_adaptive_sharpness_is_invariant_to_relu_rescaling_plain_is_not():
     pb = adaptive_average(b, x, y, plain, seed=11, log=LOG)["values"]["average"]
     assert abs(pa - pb) > 0.2 * max(abs(pa), abs(pb))
 
-    worst = {"rho": 0.1, "p": "2", "steps": 8, "restarts": 2, "m": 8, "batch_size": 64}
+    # The definition is invariant; only the strong search is: the reference's steps follow the
+    # gradient in w, which a rescaling changes.
+    worst = {"rho": 0.1, "p": "2", "steps": 8, "restarts": 2, "m": 8, "batch_size": 64,
+             "search": "strong"}  # fmt: skip
     wa = adaptive_worst(a, x, y, worst, seed=11, log=LOG)["values"]["adaptive_worst"]
     wb = adaptive_worst(b, x, y, worst, seed=11, log=LOG)["values"]["adaptive_worst"]
     assert wa > 0 and wa == pytest.approx(wb, rel=1e-6)
@@ -295,6 +300,132 @@ def test_adaptive_sharpness_is_invariant_to_relu_rescaling_plain_is_not():
     pa = adaptive_worst(a, x, y, plain, seed=11, log=LOG)["values"]["worst"]
     pb = adaptive_worst(b, x, y, plain, seed=11, log=LOG)["values"]["worst"]
     assert abs(pa - pb) > 0.2 * max(pa, pb)
+
+
+# --- worst case: the reference's search ---------------------------------------------------------
+
+
+def reference_worst_case(model, batches, rho, n_iters, norm, adaptive):
+    """An independent plain-loop transcription of the search of Andriushchenko et al.'s
+    `eval_APGD_sharpness` (one start from delta = 0, step 2 rho, momentum 0.75, APGD
+    checkpoints), in w-space with one perturbation per parameter, on float64 weights."""
+    params = list(model.parameters())
+    orig = [p.detach().clone() for p in params]
+    p_frac, marks = [0, 0.22], [0, math.ceil(n_iters * 0.22)]
+    while marks[-1] < n_iters and marks[-1] != marks[-2]:
+        p_frac.append(p_frac[-1] + max(p_frac[-1] - p_frac[-2] - 0.03, 0.06))
+        marks.append(math.ceil(p_frac[-1] * n_iters))
+    marks = marks[1:]
+
+    def set_weights(delta):
+        with torch.no_grad():
+            for p, w, d in zip(params, orig, delta):
+                p.copy_(w + d)
+
+    def batch_loss(x, y):
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y).item()
+
+    def weighted_norm(delta):
+        total = 0.0
+        for d, w in zip(delta, orig):
+            total += float(((d / (w.abs() if adaptive else 1)) ** 2).sum())
+        return total**0.5
+
+    sharpness = []
+    for x, y in batches:
+        set_weights([torch.zeros_like(w) for w in orig])
+        init_loss = batch_loss(x, y)
+        delta = [torch.zeros_like(w) for w in orig]
+        prev_delta = [d.clone() for d in delta]
+        current = [d.clone() for d in delta]  # what the model holds, w - w0
+        worst_loss, worst = init_loss, [d.clone() for d in delta]
+        step = 2 * rho
+        prev_step, prev_worst, prev_cp, n_updates = step, worst_loss, 0, 0
+        for i in range(n_iters):
+            set_weights(current)
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads = [p.grad.detach().clone() for p in params]
+            backup = [d.clone() for d in delta]
+            for k in range(len(delta)):
+                scale = orig[k].abs() if adaptive else 1
+                if norm == "l2":
+                    gnorm = sum(float((g**2).sum()) for g in grads) ** 0.5
+                    delta[k] = delta[k] + step / (gnorm + 1e-12) * grads[k] * scale
+                else:
+                    delta[k] = delta[k] + step * grads[k].sign() * scale
+            if norm == "l2" and not adaptive:
+                n = weighted_norm(delta)
+                if n > rho:
+                    delta = [d * (rho / n) for d in delta]
+            elif norm == "l2":
+                lam, lo, hi, hi_limit = 0.1, 0.0, 10.0, 10.0
+                new = weighted_norm(delta)
+                tmp = delta
+                if new > rho:
+                    while abs(new - rho) > 1e-5:
+                        tmp = [d / (1 + 2 * lam / w**2) for d, w in zip(delta, orig)]
+                        new = weighted_norm(tmp)
+                        if new > rho:
+                            lam, lo = (lam + hi) / 2, lam
+                        else:
+                            lam, hi = (lo + lam) / 2, lam
+                        if hi_limit - hi < 1e-2:
+                            hi_limit, hi = hi_limit * 2, hi * 2
+                delta = tmp
+            else:
+                for k in range(len(delta)):
+                    bound = rho * (orig[k].abs() if adaptive else torch.ones_like(orig[k]))
+                    delta[k] = torch.maximum(torch.minimum(delta[k], bound), -bound)
+            delta = [0.75 * d + 0.25 * q for d, q in zip(delta, prev_delta)]
+            prev_delta = backup
+            current = [d.clone() for d in delta]
+            set_weights(current)
+            loss = batch_loss(x, y)
+            if loss > worst_loss:
+                worst_loss, worst = loss, [d.clone() for d in current]
+                n_updates += 1
+            if i in marks:
+                cond1 = n_updates < 0.75 * (i - prev_cp)
+                cond2 = prev_step == step and prev_worst == worst_loss
+                prev_step, prev_worst, prev_cp, n_updates = step, worst_loss, i, 0
+                if cond1 or cond2:
+                    step *= 0.5
+                    current = [d.clone() for d in worst]  # the model reloads the best point
+        sharpness.append(worst_loss - init_loss)
+    set_weights([torch.zeros_like(w) for w in orig])
+    return sum(sharpness) / len(sharpness)
+
+
+@pytest.mark.parametrize("p, adaptive", [("2", True), ("2", False), ("inf", True)])
+def test_reference_search_equals_an_independent_transcription_of_theirs(p, adaptive):
+    a, _, x, y = mlp_pair()
+    opts = {"rho": 0.1, "p": p, "steps": 20, "restarts": 1, "m": 8, "batch_size": 64,
+            "adaptive": adaptive}  # fmt: skip
+    out = adaptive_worst(a, x, y, opts, seed=4, log=LOG)
+    batches = [(x[i], y[i]) for i in worst_batches(len(x), 8, 4)]
+    want = reference_worst_case(copy.deepcopy(a), batches, 0.1, 20, "l2" if p == "2" else "linf",
+                                adaptive)  # fmt: skip
+    got = out["values"]["adaptive_worst" if adaptive else "worst"]
+    assert got > 0.01 and got == pytest.approx(want, abs=1e-6)
+    assert out["options"]["search"] == "reference"
+
+
+def test_checkpoints_are_apgds():
+    # Fractions 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99, 1.05 of the steps, ceilings of
+    # float products as in their code: 0.70 is 0.7000000000000001 there, so 20 steps give 15.
+    assert checkpoints(20) == [5, 9, 12, 15, 16, 18, 19, 20]
+    assert checkpoints(100) == [22, 41, 58, 70, 80, 87, 93, 99, 105]
+
+
+def test_strong_search_finds_more_than_the_reference_on_a_small_network():
+    a, _, x, y = mlp_pair()
+    opts = {"rho": 0.1, "p": "2", "steps": 20, "restarts": 1, "m": None, "batch_size": 64}
+    ref = adaptive_worst(a, x, y, opts, seed=4, log=LOG)["values"]["adaptive_worst"]
+    strong = adaptive_worst(a, x, y, {**opts, "restarts": 3, "search": "strong"}, seed=4,
+                            log=LOG)["values"]["adaptive_worst"]  # fmt: skip
+    assert 0 < ref <= strong * (1 + 1e-9)
 
 
 # --- resume -------------------------------------------------------------------------------------
