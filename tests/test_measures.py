@@ -26,7 +26,8 @@ from ascsharp.adaptive import adaptive_average, adaptive_worst, checkpoints, sca
 from ascsharp.cli import main
 from ascsharp.curvature import hessian, hessian_operator, rademacher
 from ascsharp.measures import Cost, loss_and_gradient
-from ascsharp.models import build_model
+from ascsharp.measures import weights_digest
+from ascsharp.models import build_model, initial_model
 from ascsharp.seeds import generator
 
 LOG = logging.getLogger("test_measures")
@@ -127,6 +128,24 @@ def test_hessian_top_eigenvalues_and_trace_match_exact_hessian():
     cost = out["cost"]
     assert cost["hvps"] == v["lanczos_hvps"] + 100 and cost["hvp_clips"] == 10 * cost["hvps"]
     assert cost["flops"] > 0 and cost["flops_per_clip"]["hvp"] > cost["flops_per_clip"]["forward"]
+
+
+def test_hessian_of_the_weights_only_is_the_weight_block_of_the_exact_hessian():
+    """parameters="weights": the landscape's parameters (conv and linear weights), not the
+    biases and BN affine parameters it leaves at zero."""
+    model = tiny_conv()
+    x, y = tiny_data()
+    H = exact_hessian(model, x, y)
+    keep = torch.cat([torch.full((p.numel(),), p.dim() > 1) for p in model.parameters()])
+    block = H[keep][:, keep]
+    opts = {"top_k": 2, "lanczos_tol": 1e-10, "trace_samples": 3, "batch_size": 4,
+            "parameters": "weights"}  # fmt: skip
+    out = hessian(model, x, y, opts, seed=7, log=LOG)
+    assert out["values"]["n_params"] == block.shape[0] == 4 * 3 * 3 + 3 * 4
+    np.testing.assert_allclose(out["values"]["top_eigenvalues"],
+                               torch.linalg.eigvalsh(block).flip(0)[:2].numpy(), rtol=1e-7)  # fmt: skip
+    assert out["options"]["parameters"] == "weights"
+    assert out["values"]["lambda_max"] < float(torch.linalg.eigvalsh(H)[-1])
 
 
 class HandBN(nn.Module):
@@ -481,13 +500,17 @@ def model_file(tmp_path, feature_store) -> Path:
     """A CNN10 model.pt trained on (the first 60 of) the tiny store's training clips."""
     import pandas as pd
 
-    torch.manual_seed(0)
-    model = set_bn_stats(build_model("cnn10", width=0.125, n_mels=16, n_classes=10))
+    model = initial_model("cnn10", run=RUN, width=0.125, n_mels=16, n_classes=10)
+    init_sha256 = weights_digest(model)
+    set_bn_stats(model)
+    with torch.no_grad():  # "training" moved the weights away from the initial ones
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     names = pd.read_csv(feature_store / "train.tsv", sep="\t")["filename"].tolist()
     path = tmp_path / "models" / RUN / "model.pt"
     checkpoint.save(path, {"state_dict": model.state_dict(), "arch": "cnn10", "width": 0.125,
                            "n_classes": 10, "n_mels": 16, "run": RUN,
-                           "train_clips": names[:60]})  # fmt: skip
+                           "train_clips": names[:60], "init_sha256": init_sha256})  # fmt: skip
     return path
 
 
@@ -507,15 +530,24 @@ def strict_json(path: Path) -> dict:
 def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_store, model_file):
     outs = tmp_path / "measures" / RUN
     args = {
-        "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --batch-size 32",
+        "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --batch-size 32 "
+        "--parameters all",
         "adaptive_average": "--samples 3 --rho 0.05 --batch-size 64",
-        "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64",
+        "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64 "
+        "--search reference",
+        "pacbayes": "--samples 2 --depth 2 --batch-size 64",
+        "norms": "",
+        "margin": "--batch-size 64",
     }
+    from ascsharp.measure_job import MEASURES
+
+    assert set(args) == set(MEASURES)  # every measure, and the CLI knows each one
     docs = {}
     for measure, extra in args.items():
         out = outs / f"{measure}.json"
         main(measure_cli(model_file, feature_store, out, "--measure", measure, "--clips", "12",
-                         "--device", "cpu", *extra.split()))  # fmt: skip
+                         "--selection", "measures", "--device", "cpu",
+                         *extra.split()))  # fmt: skip
         docs[measure] = strict_json(out)
         assert not out.with_name(out.name + ".partial.json").exists()
     for measure, doc in docs.items():
@@ -524,7 +556,8 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
         assert {"wall_s", "flops", "forward_clips", "gradient_clips", "hvp_clips"} <= set(
             doc["cost"]
         )
-        assert doc["cost"]["flops"] > 0 and doc["provenance"]["versions"]["torch"]
+        assert doc["cost"]["flops"] > 0 or measure == "norms"  # no pass over the clips
+        assert doc["provenance"]["versions"]["torch"]
     digests = {doc["clips"]["filenames_sha256"] for doc in docs.values()}
     assert len(digests) == 1  # one seeded subset per run, shared by its measures
     h = docs["hessian"]["values"]
@@ -536,12 +569,41 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
     worst = docs["adaptive_worst"]
     assert worst["options"]["m"] is None and worst["options"]["p"] == "inf"
     assert worst["values"]["adaptive_worst_se"] is None  # one batch: no standard error (null)
+    assert worst["options"]["search"] == "reference"
+    assert docs["norms"]["initial_weights"]["verified"] is True
+    assert docs["norms"]["values"]["distance_from_init"] > 0
+    assert docs["pacbayes"]["values"]["pacbayes_flatness"] > 0
+    assert docs["margin"]["values"]["inverse_margin"] > 0
+
+
+def test_measures_use_the_landscape_clips_by_default(tmp_path, feature_store, model_file):
+    """--selection landscape: the very clips landscape.surface_clips gives the surfaces (same
+    split, count and seeded stream); --selection measures: a selection of their own."""
+    from ascsharp.data import Store
+    from ascsharp.landscape import surface_clips
+    from ascsharp.measure_job import clips_digest
+
+    ckpt = checkpoint.load(model_file)
+    store = Store(feature_store / "train.npy", feature_store / "train.tsv")
+    surface = surface_clips(store, ckpt, "train", 12).table["filename"].tolist()
+    digests = {}
+    for selection in ("landscape", "measures"):
+        out = tmp_path / f"{selection}.json"
+        main(measure_cli(model_file, feature_store, out, "--measure", "margin", "--clips", "12",
+                         "--selection", selection, "--batch-size", "64", "--device", "cpu"))  # fmt: skip
+        doc = strict_json(out)
+        digests[selection] = doc["clips"]["filenames_sha256"]
+        assert doc["clips"]["selection"] == selection and doc["clips"]["n"] == 12
+    assert set(surface) <= set(ckpt["train_clips"])
+    assert digests["landscape"] == clips_digest(surface)
+    assert digests["measures"] != digests["landscape"]
 
 
 def test_measure_cli_refuses_options_of_another_measure(
     tmp_path, feature_store, model_file, capsys
 ):
-    hessian = "--measure hessian --clips all --top-k 1 --trace-samples 2 --batch-size 32"
+    hessian = ("--measure hessian --clips all --selection landscape --top-k 1 --trace-samples 2 "
+               "--batch-size 32 --parameters all")  # fmt: skip
     cases = {
         "--lanczos-tol 0.1 --samples 3": "--samples does not apply to --measure hessian",
         "": "--lanczos-tol is required with --measure hessian",  # the config's settings
@@ -555,7 +617,7 @@ def test_measure_cli_refuses_options_of_another_measure(
         assert error in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(measure_cli(model_file, feature_store, tmp_path / "a.json", "--measure",
-                         "adaptive_average", "--clips", "0"))  # fmt: skip
+                         "adaptive_average", "--clips", "0", "--selection", "landscape"))  # fmt: skip
 
 
 def test_measure_killed_with_sigkill_resumes_to_the_same_result(
@@ -563,7 +625,7 @@ def test_measure_killed_with_sigkill_resumes_to_the_same_result(
 ):
     """A real `kill -9` of the job mid-way; the rerun reads the partial file and finishes."""
     common = ("--measure adaptive_average --samples 150 --rho 0.1 --batch-size 64 --clips all "
-              "--device cpu --threads 1").split()  # fmt: skip
+              "--selection landscape --device cpu --threads 1").split()  # fmt: skip
     ref = tmp_path / "ref.json"
     main(measure_cli(model_file, feature_store, ref, *common))
     out = tmp_path / "killed.json"

@@ -1,8 +1,10 @@
 """Curvature of the training loss at a trained model: top Hessian eigenvalues and the trace.
 
 The loss is the landscape's: mean cross-entropy over the clips (sum over clips / N), model in
-eval mode, all parameters (conv and linear weights and biases, BN affine); BN running
-statistics are buffers and stay fixed. Hessian-vector products come from curvlinops'
+eval mode, BN running statistics fixed (buffers). `parameters` "all" (default: the Hessian
+of the literature, e.g. PyHessian) takes every parameter (conv and linear weights and biases,
+BN affine); "weights" only the tensors with more than one dimension, the ones the
+landscape's filter-normalised directions move (they leave biases and BN affine at zero). Hessian-vector products come from curvlinops'
 HessianLinearOperator (Dangel et al.; forward-over-reverse autodiff over the clips in chunks),
 the top-k eigenvalues from ARPACK's implicitly restarted Lanczos (scipy.sparse.linalg.eigsh,
 which="LA": the largest algebraic, so lambda_max is the usual sharpness), the trace from
@@ -41,26 +43,32 @@ from .measures import (
 )
 from .seeds import generator
 
+PARAMETERS = ("all", "weights")
+
 
 @dataclass(frozen=True)
 class HessianOptions:
     """top_k eigenvalues to ARPACK relative accuracy `lanczos_tol` (ncv Lanczos vectors and
     maxiter restarts: scipy's defaults when None); `trace_samples` Hutchinson vectors;
-    `batch_size` clips per chunk of a Hessian-vector product (memory, not results).
+    `batch_size` clips per chunk of a Hessian-vector product (memory, not results);
+    `parameters` "all" or "weights" (module docstring).
 
-    The first four are the config's `measures.hessian` (defaults in the schema); the Lanczos
+    The first five are the config's `measures.hessian` (defaults in the schema); the Lanczos
     knobs are not configurable and default to scipy's choice."""
 
     top_k: int
     lanczos_tol: float
     trace_samples: int
     batch_size: int
+    parameters: str = "all"
     lanczos_ncv: int | None = None
     lanczos_maxiter: int | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.trace_samples < 1 or self.batch_size < 1:
             raise ValueError(f"top_k, trace_samples and batch_size must be >= 1: {self}")
+        if self.parameters not in PARAMETERS:
+            raise ValueError(f"parameters {self.parameters!r}: expected one of {PARAMETERS}")
         if not self.lanczos_tol >= 0:
             raise ValueError(f"lanczos_tol must be >= 0, got {self.lanczos_tol}")
 
@@ -79,15 +87,23 @@ class _Batches:
         return -(-len(self.x) // self.batch_size)
 
 
-def hessian_operator(model: nn.Module, x: Tensor, y: Tensor, batch_size: int):
-    """curvlinops' Hessian of the mean cross-entropy over all clips w.r.t. all parameters.
+def hessian_parameters(model: nn.Module, parameters: str = "all") -> list[Tensor]:
+    """The parameters the Hessian is taken in: all, or those with more than one dimension."""
+    return [p for p in model.parameters() if p.requires_grad
+            and (parameters == "all" or p.dim() > 1)]  # fmt: skip
+
+
+def hessian_operator(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, parameters: str = "all"
+):
+    """curvlinops' Hessian of the mean cross-entropy over all clips w.r.t. the `parameters`.
 
     check_deterministic is off: in eval mode the loss is a fixed function of the weights, and
     the check would cost two extra gradient passes and two HVPs over all clips.
     """
     from curvlinops import HessianLinearOperator
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = hessian_parameters(model, parameters)
     data = _Batches(x, y, batch_size, params[0])
     return HessianLinearOperator(
         model,
@@ -138,7 +154,7 @@ def hessian(
 
     opts = options if isinstance(options, HessianOptions) else HessianOptions(**options)
     check_data(x, y, opts.batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = hessian_parameters(model, opts.parameters)
     n_params = sum(p.numel() for p in params)
     if opts.top_k >= n_params:
         raise ValueError(f"top_k={opts.top_k} must be < the {n_params} parameters (ARPACK)")
@@ -150,7 +166,7 @@ def hessian(
         }
         fp = partial_fingerprint("hessian", model, x, y, opts, seed, cross_entropy)
         part = Partial(partial_path, fp, log)
-        op = hessian_operator(model, x, y, opts.batch_size)
+        op = hessian_operator(model, x, y, opts.batch_size, opts.parameters)
         like = params[0]
         loss = mean_loss(model, x, y, opts.batch_size, cost)
         units = 0
@@ -231,7 +247,6 @@ def hessian(
             **asdict(opts),
             "which": "largest algebraic",
             "trace_vectors": "rademacher",
-            "parameters": "all",
             "loss": "mean cross-entropy, eval mode",
         },  # fmt: skip
         "cost": cost.to_dict(like.device),

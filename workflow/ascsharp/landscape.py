@@ -33,7 +33,7 @@ from ascsharp.seeds import derive_seed, generator
 from ascsharp.surface import SURFACE_SPLITS, Grid, shard_indices, write_shard
 
 if TYPE_CHECKING:  # data imports torchaudio, which `ascsharp directions` does not need
-    from ascsharp.data import Store
+    from ascsharp.data import Clips, Store
 
 PURPOSE = "landscape"
 # Forward precision of a grid point. "float32" is IEEE single precision everywhere: on CUDA,
@@ -325,6 +325,17 @@ def _seconds_since_process_start() -> float:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def surface_clips(store: Store, ckpt: dict, split: str, clips: int | None) -> Clips:
+    """The clips a model's surfaces are computed on (and by default its measures): `split`
+    "train" is exactly the clips the model was trained on (model.pt's list), "test" the test
+    fold; `clips` keeps a fixed selection of that many of them, drawn from the run's "subset"
+    stream, so that all surfaces of a run agree. (The stream's name is part of the numbers.)"""
+    from .data import load_clips
+
+    seed = derive_seed(ckpt["run"], "subset")
+    return load_clips(store, ckpt["train_clips"] if split == "train" else None, clips, seed)
+
+
 def evaluate_shard(
     *,
     model_path: str | Path,
@@ -354,7 +365,6 @@ def evaluate_shard(
     measured to pay back.
     """
     from .checkpoint import load_model
-    from .data import load_clips
 
     if split not in SURFACE_SPLITS:
         raise ValueError(f"split {split!r}: expected one of {SURFACE_SPLITS}")
@@ -364,10 +374,7 @@ def evaluate_shard(
     if meta.get("run") != ckpt["run"]:
         raise ValueError(f"{directions_path}: directions of run {meta.get('run')!r}, "
                          f"model {model_path} is run {ckpt['run']!r}")  # fmt: skip
-    # The selection of clips is fixed per run (not per direction seed), so all surfaces of a run
-    # agree. (Purpose "subset": the stream's name is part of the numbers, so it stays.)
-    seed = derive_seed(ckpt["run"], "subset")
-    data = load_clips(store, ckpt["train_clips"] if split == "train" else None, clips, seed)
+    data = surface_clips(store, ckpt, split, clips)
     indices = shard_indices(grid.n_points, n_shards, shard)
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")

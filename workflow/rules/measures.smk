@@ -1,12 +1,14 @@
-# Measures beyond the study's sharpness: one job per (run, measure) on a fixed selection of the
-# model's training clips; a killed job resumes from results/measures/{run}/{measure}.json.partial.json.
+# Measures beyond the study's sharpness: one job per (run, measure) on the clips of the run's
+# landscape (or a selection of its training clips, measures.clips); a killed job resumes from
+# results/measures/{run}/{measure}.json.partial.json.
 
 
 rule measure:
     input:
         model="results/models/{run}/model.pt",
-        npy="results/features/train.npy",
-        tsv="results/features/train.tsv",
+        # The store that holds the measures' clips (the landscape's split, or train).
+        npy=f"results/features/{MEASURE_SPLIT}.npy",
+        tsv=f"results/features/{MEASURE_SPLIT}.tsv",
     output:
         measure="results/measures/{run}/{measure}.json",
     log:
@@ -20,10 +22,13 @@ rule measure:
         mem_mb=memory_mb,
     params:
         options=measure_options,
-        clips=MEASURES["clips"] or "all",
+        selection=MEASURE_SELECTION,
+        split=MEASURE_SPLIT,
+        clips=MEASURE_CLIPS or "all",
         seed=MEASURES["seed"],
     shell:
         "ascsharp measure --measure {wildcards.measure} --model {input.model}"
-        " --features-npy {input.npy} --features-tsv {input.tsv} --clips {params.clips}"
+        " --features-npy {input.npy} --features-tsv {input.tsv} --selection {params.selection}"
+        " --split {params.split} --clips {params.clips}"
         " --seed {params.seed} {params.options} --threads {threads} --out {output.measure}"
         " 2> {log}"
