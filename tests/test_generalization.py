@@ -61,6 +61,7 @@ def test_pacbayes_sigma_matches_the_gaussian_closed_form(b):
     lo, hi = b / normal.ppf(1 - 0.08), b / normal.ppf(1 - 0.12)
     assert lo < v["sigma"] < hi, (v["sigma"], b / z)
     assert v["pacbayes_flatness"] == pytest.approx(1 / v["sigma"] ** 2)
+
     # Magnitude-aware: std sqrt(sigma^2 b^2 + eps^2) = b / z at sigma = sqrt((b/z)^2 - eps^2)/b.
     def mag(s):
         return math.sqrt(max(s**2 - 1e-6, 0)) / b
@@ -190,8 +191,13 @@ def test_regenerated_initial_weights_are_those_training_started_from(feature_sto
         history=tmp_path / "history.tsv",
     )
     torch.manual_seed(123)  # training must not depend on the global RNG state before it
-    train(files, run, train_settings(epochs=1, width=0.125, eval_batch_size=64), {},
-          torch.device("cpu"))
+    train(
+        files,
+        run,
+        train_settings(epochs=1, width=0.125, eval_batch_size=64),
+        {},
+        torch.device("cpu"),
+    )
     ckpt = checkpoint.load(files.model)
     initial, check = _initial_weights(ckpt, files.model, LOG)
     assert check == {"sha256": ckpt["init_sha256"], "verified": True}

@@ -25,8 +25,7 @@ from ascsharp import checkpoint
 from ascsharp.adaptive import adaptive_average, adaptive_worst, checkpoints, scales, worst_batches
 from ascsharp.cli import main
 from ascsharp.curvature import hessian, hessian_operator, rademacher
-from ascsharp.measures import Cost, loss_and_gradient
-from ascsharp.measures import weights_digest
+from ascsharp.measures import Cost, loss_and_gradient, weights_digest
 from ascsharp.models import build_model, initial_model
 from ascsharp.seeds import generator
 
@@ -142,8 +141,8 @@ def test_hessian_of_the_weights_only_is_the_weight_block_of_the_exact_hessian():
             "parameters": "weights"}  # fmt: skip
     out = hessian(model, x, y, opts, seed=7, log=LOG)
     assert out["values"]["n_params"] == block.shape[0] == 4 * 3 * 3 + 3 * 4
-    np.testing.assert_allclose(out["values"]["top_eigenvalues"],
-                               torch.linalg.eigvalsh(block).flip(0)[:2].numpy(), rtol=1e-7)  # fmt: skip
+    exact = torch.linalg.eigvalsh(block).flip(0)[:2].numpy()
+    np.testing.assert_allclose(out["values"]["top_eigenvalues"], exact, rtol=1e-7)
     assert out["options"]["parameters"] == "weights"
     assert out["values"]["lambda_max"] < float(torch.linalg.eigvalsh(H)[-1])
 
@@ -338,7 +337,7 @@ def reference_worst_case(model, batches, rho, n_iters, norm, adaptive):
 
     def set_weights(delta):
         with torch.no_grad():
-            for p, w, d in zip(params, orig, delta):
+            for p, w, d in zip(params, orig, delta, strict=True):
                 p.copy_(w + d)
 
     def batch_loss(x, y):
@@ -347,7 +346,7 @@ def reference_worst_case(model, batches, rho, n_iters, norm, adaptive):
 
     def weighted_norm(delta):
         total = 0.0
-        for d, w in zip(delta, orig):
+        for d, w in zip(delta, orig, strict=True):
             total += float(((d / (w.abs() if adaptive else 1)) ** 2).sum())
         return total**0.5
 
@@ -384,7 +383,7 @@ def reference_worst_case(model, batches, rho, n_iters, norm, adaptive):
                 tmp = delta
                 if new > rho:
                     while abs(new - rho) > 1e-5:
-                        tmp = [d / (1 + 2 * lam / w**2) for d, w in zip(delta, orig)]
+                        tmp = [d / (1 + 2 * lam / w**2) for d, w in zip(delta, orig, strict=True)]
                         new = weighted_norm(tmp)
                         if new > rho:
                             lam, lo = (lam + hi) / 2, lam
@@ -397,7 +396,7 @@ def reference_worst_case(model, batches, rho, n_iters, norm, adaptive):
                 for k in range(len(delta)):
                     bound = rho * (orig[k].abs() if adaptive else torch.ones_like(orig[k]))
                     delta[k] = torch.maximum(torch.minimum(delta[k], bound), -bound)
-            delta = [0.75 * d + 0.25 * q for d, q in zip(delta, prev_delta)]
+            delta = [0.75 * d + 0.25 * q for d, q in zip(delta, prev_delta, strict=True)]
             prev_delta = backup
             current = [d.clone() for d in delta]
             set_weights(current)
@@ -530,8 +529,7 @@ def strict_json(path: Path) -> dict:
 def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_store, model_file):
     outs = tmp_path / "measures" / RUN
     args = {
-        "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --batch-size 32 "
-        "--parameters all",
+        "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --batch-size 32 --parameters all",
         "adaptive_average": "--samples 3 --rho 0.05 --batch-size 64",
         "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64 "
         "--search reference",
@@ -589,8 +587,9 @@ def test_measures_use_the_landscape_clips_by_default(tmp_path, feature_store, mo
     digests = {}
     for selection in ("landscape", "measures"):
         out = tmp_path / f"{selection}.json"
+        extra = ["--selection", selection, "--batch-size", "64", "--device", "cpu"]
         main(measure_cli(model_file, feature_store, out, "--measure", "margin", "--clips", "12",
-                         "--selection", selection, "--batch-size", "64", "--device", "cpu"))  # fmt: skip
+                         *extra))  # fmt: skip
         doc = strict_json(out)
         digests[selection] = doc["clips"]["filenames_sha256"]
         assert doc["clips"]["selection"] == selection and doc["clips"]["n"] == 12
@@ -617,7 +616,8 @@ def test_measure_cli_refuses_options_of_another_measure(
         assert error in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(measure_cli(model_file, feature_store, tmp_path / "a.json", "--measure",
-                         "adaptive_average", "--clips", "0", "--selection", "landscape"))  # fmt: skip
+                         "adaptive_average", "--clips", "0", "--selection",
+                         "landscape"))  # fmt: skip
 
 
 def test_measure_killed_with_sigkill_resumes_to_the_same_result(

@@ -465,7 +465,9 @@ def _measure_args(p):
     # Parsed in _measure: None must stay "not given", and `all` is None to the measure.
     g.add_argument("--m", help="worst case: clips per batch; all: one batch")
     g.add_argument(
-        "--search", choices=["reference", "strong"], help="worst case: the ascent (reference: theirs)"
+        "--search",
+        choices=["reference", "strong"],
+        help="worst case: the ascent (reference: theirs)",
     )
     g = p.add_argument_group("Jiang et al. 2020 (config: measures.pacbayes, .norms, .margin)")
     g.add_argument("--depth", type=int, help="pacbayes: bisection steps at most")

@@ -4,11 +4,12 @@ The loss is the landscape's: mean cross-entropy over the clips (sum over clips /
 eval mode, BN running statistics fixed (buffers). `parameters` "all" (default: the Hessian
 of the literature, e.g. PyHessian) takes every parameter (conv and linear weights and biases,
 BN affine); "weights" only the tensors with more than one dimension, the ones the
-landscape's filter-normalised directions move (they leave biases and BN affine at zero). Hessian-vector products come from curvlinops'
-HessianLinearOperator (Dangel et al.; forward-over-reverse autodiff over the clips in chunks),
-the top-k eigenvalues from ARPACK's implicitly restarted Lanczos (scipy.sparse.linalg.eigsh,
-which="LA": the largest algebraic, so lambda_max is the usual sharpness), the trace from
-Hutchinson's estimator E[v^T H v] = tr(H) with Rademacher v (Hutchinson 1989).
+landscape's filter-normalised directions move (they leave biases and BN affine at zero).
+Hessian-vector products come from curvlinops' HessianLinearOperator (Dangel et al.;
+forward-over-reverse autodiff over the clips in chunks), the top-k eigenvalues from ARPACK's
+implicitly restarted Lanczos (scipy.sparse.linalg.eigsh, which="LA": the largest algebraic,
+so lambda_max is the usual sharpness), the trace from Hutchinson's estimator
+E[v^T H v] = tr(H) with Rademacher v (Hutchinson 1989).
 
 Each Hutchinson sample is drawn from its own seeded generator on the CPU and saved when done,
 so a killed job resumes and a GPU job draws the same vectors as a CPU one. curvlinops' own

@@ -291,8 +291,9 @@ def norms(
         "log_prod_frobenius": sum(2 * math.log(t["frobenius"]) for t in per_tensor.values()),
         "log_prod_spectral": sum(2 * math.log(t["spectral"]) for t in per_tensor.values()),
         "path_norm": path_norm(model, x.shape[1:]),
-        "distance_from_init": math.sqrt(sum(t["distance_from_init"] ** 2
-                                            for t in per_tensor.values())),  # fmt: skip
+        "distance_from_init": math.sqrt(
+            sum(t["distance_from_init"] ** 2 for t in per_tensor.values())
+        ),  # fmt: skip
         "weight_norm": math.sqrt(sum(t["frobenius"] ** 2 for t in per_tensor.values())),
         "weight_tensors": len(per_tensor),
         "per_tensor": per_tensor,
@@ -303,8 +304,11 @@ def norms(
              values["distance_from_init"])  # fmt: skip
     return {
         "values": values,
-        "options": {**asdict(opts), "weights": "parameters with > 1 dimension, reshaped to "
-                    "(out, rest)", "batchnorm": "not folded; path norm: a^2 x + b^2"},
+        "options": {
+            **asdict(opts),
+            "weights": "parameters with > 1 dimension, reshaped to (out, rest)",
+            "batchnorm": "not folded; path norm: a^2 x + b^2",
+        },
         "cost": cost.to_dict(next(model.parameters()).device),
     }
 

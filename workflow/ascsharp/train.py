@@ -19,8 +19,8 @@ from . import checkpoint
 from .data import Clips, Store, load_split
 from .evaluate import autocast, breakdown, loss_and_accuracy, pick_device, predict
 from .io import atomic_path, provenance, write_json, write_table
-from .meta import SCENES
 from .measures import weights_digest
+from .meta import SCENES
 from .models import initial_model
 from .optim import make_stepper
 from .progress import Progress, get_logger
