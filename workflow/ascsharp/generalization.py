@@ -16,7 +16,7 @@ margin. Their numbers in brackets are the measures' numbers in that paper.
   estimated deviation a smooth function of sigma without changing its expectation.
 - Norm baselines, over the weight tensors with more than one dimension (conv and linear
   weights; biases and BN affine parameters are not "weights" there), conv kernels reshaped to
-  (out channels, in channels x kernel) matrices as in their and Dziugaite et al.'s code:
+  (out channels, in channels x kernel) matrices as in Dziugaite et al.'s reimplementation:
   log of the product of squared Frobenius norms [37], log of the product of squared spectral
   norms (largest singular value of the reshaped kernel) [32], the l2 distance from the initial
   weights [dist. l2], the l2 norm of the weights [l2; the trivial baseline], and the path norm
