@@ -228,12 +228,12 @@ def rank_measures(
                 "kendall_tau": tau["statistic"], "ci_low": tau["ci_low"],
                 "ci_high": tau["ci_high"], "p_value": tau["p_value"], "psi": value,
                 "psi_ci_low": _percentile(boots, 2.5), "psi_ci_high": _percentile(boots, 97.5),
-                "agreement": sign * tau["statistic"], "psi_agreement": sign * value,
+                "agreement": sign * tau["statistic"], "psi_agreement": sign * value + 0.0,
                 "baseline": measure in BASELINES,
             }  # fmt: skip
             for b in baselines:
                 gain = sign * (boots - psi[b][1])
-                row[f"psi_gain_vs_{b}"] = sign * (value - psi[b][0])
+                row[f"psi_gain_vs_{b}"] = sign * (value - psi[b][0]) + 0.0  # never -0.0
                 row[f"psi_gain_vs_{b}_ci_low"] = low = _percentile(gain, 2.5)
                 row[f"psi_gain_vs_{b}_ci_high"] = _percentile(gain, 97.5)
                 row[f"beats_{b}"] = bool(low > 0)  # NaN (no interval) compares False
