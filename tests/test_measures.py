@@ -22,11 +22,11 @@ from torch import nn
 from torch.func import functional_call
 
 from ascsharp import checkpoint
-from ascsharp.adaptive import adaptive_average, adaptive_worst, scales, worst_batches
+from ascsharp.adaptive import adaptive_average, adaptive_worst, checkpoints, scales, worst_batches
 from ascsharp.cli import main
 from ascsharp.curvature import hessian, hessian_operator, rademacher
-from ascsharp.measures import Cost, loss_and_gradient
-from ascsharp.models import build_model
+from ascsharp.measures import Cost, loss_and_gradient, weights_digest
+from ascsharp.models import build_model, initial_model
 from ascsharp.seeds import generator
 
 LOG = logging.getLogger("test_measures")
@@ -165,6 +165,24 @@ def test_hutchinson_trace_is_within_its_known_spread_of_an_exact_diagonal_domina
     opts = {"top_k": 1, "lanczos_tol": 1e-6, "trace_samples": samples, "batch_size": 12}
     v = hessian(model, x, y, opts, seed=3, log=LOG)["values"]
     assert abs(v["trace"] - trace) < 5 * sd, (v["trace"], trace, sd)
+
+
+def test_hessian_of_the_weights_only_is_the_weight_block_of_the_exact_hessian():
+    """parameters="weights": the landscape's parameters (conv and linear weights), not the
+    biases and BN affine parameters it leaves at zero."""
+    model = tiny_conv()
+    x, y = tiny_data()
+    H = exact_hessian(model, x, y)
+    keep = torch.cat([torch.full((p.numel(),), p.dim() > 1) for p in model.parameters()])
+    block = H[keep][:, keep]
+    opts = {"top_k": 2, "lanczos_tol": 1e-10, "trace_samples": 3, "batch_size": 4,
+            "parameters": "weights"}  # fmt: skip
+    out = hessian(model, x, y, opts, seed=7, log=LOG)
+    assert out["values"]["n_params"] == block.shape[0] == 4 * 3 * 3 + 3 * 4
+    exact = torch.linalg.eigvalsh(block).flip(0)[:2].numpy()
+    np.testing.assert_allclose(out["values"]["top_eigenvalues"], exact, rtol=1e-7)
+    assert out["options"]["parameters"] == "weights"
+    assert out["values"]["lambda_max"] < float(torch.linalg.eigvalsh(H)[-1])
 
 
 class HandBN(nn.Module):
@@ -315,8 +333,9 @@ def test_worst_case_l2_at_the_minimum_is_half_rho2_lambda_max_TAT(adaptive):
     rho = 0.3
     T = torch.diag(model.w.detach().abs()) if adaptive else torch.eye(6, dtype=torch.float64)
     exact = 0.5 * rho**2 * float(torch.linalg.eigvalsh(T @ model.A @ T)[-1])
+    # At the minimum the gradient is 0: only the strong search's random restarts leave it.
     opts = {"rho": rho, "p": "2", "steps": 20, "restarts": 3, "m": None, "batch_size": 64,
-            "adaptive": adaptive}  # fmt: skip
+            "adaptive": adaptive, "search": "strong"}  # fmt: skip
     v = adaptive_worst(model, x, y, opts, seed=5, log=LOG, loss_fn=per_clip)["values"]
     got = v["adaptive_worst" if adaptive else "worst"]
     assert got <= exact * (1 + 1e-9)  # a lower bound: PGA only evaluates points of the ball
@@ -327,7 +346,8 @@ def test_worst_case_linf_diagonal_quadratic_reaches_the_corner():
     model, x, y = quadratic(diagonal=True)
     rho, w = 0.1, model.w.detach()
     exact = 0.5 * rho**2 * float((torch.diagonal(model.A) * w**2).sum())
-    opts = {"rho": rho, "p": "inf", "steps": 10, "restarts": 2, "m": None, "batch_size": 64}
+    opts = {"rho": rho, "p": "inf", "steps": 10, "restarts": 2, "m": None, "batch_size": 64,
+            "search": "strong"}  # fmt: skip
     v = adaptive_worst(model, x, y, opts, seed=5, log=LOG, loss_fn=per_clip)["values"]
     assert v["adaptive_worst"] == pytest.approx(exact, rel=0.02)
 
@@ -378,7 +398,10 @@ def test_adaptive_sharpness_is_invariant_to_relu_rescaling_plain_is_not():
     pb = adaptive_average(b, x, y, plain, seed=11, log=LOG)["values"]["average"]
     assert abs(pa - pb) > 0.2 * max(abs(pa), abs(pb))
 
-    worst = {"rho": 0.1, "p": "2", "steps": 8, "restarts": 2, "m": 8, "batch_size": 64}
+    # The definition is invariant; only the strong search is: the reference's steps follow the
+    # gradient in w, which a rescaling changes.
+    worst = {"rho": 0.1, "p": "2", "steps": 8, "restarts": 2, "m": 8, "batch_size": 64,
+             "search": "strong"}  # fmt: skip
     wa = adaptive_worst(a, x, y, worst, seed=11, log=LOG)["values"]["adaptive_worst"]
     wb = adaptive_worst(b, x, y, worst, seed=11, log=LOG)["values"]["adaptive_worst"]
     assert wa > 0 and wa == pytest.approx(wb, rel=1e-6)
@@ -386,6 +409,132 @@ def test_adaptive_sharpness_is_invariant_to_relu_rescaling_plain_is_not():
     pa = adaptive_worst(a, x, y, plain, seed=11, log=LOG)["values"]["worst"]
     pb = adaptive_worst(b, x, y, plain, seed=11, log=LOG)["values"]["worst"]
     assert abs(pa - pb) > 0.2 * max(pa, pb)
+
+
+# --- worst case: the reference's search ---------------------------------------------------------
+
+
+def reference_worst_case(model, batches, rho, n_iters, norm, adaptive):
+    """An independent plain-loop transcription of the search of Andriushchenko et al.'s
+    `eval_APGD_sharpness` (one start from delta = 0, step 2 rho, momentum 0.75, APGD
+    checkpoints), in w-space with one perturbation per parameter, on float64 weights."""
+    params = list(model.parameters())
+    orig = [p.detach().clone() for p in params]
+    p_frac, marks = [0, 0.22], [0, math.ceil(n_iters * 0.22)]
+    while marks[-1] < n_iters and marks[-1] != marks[-2]:
+        p_frac.append(p_frac[-1] + max(p_frac[-1] - p_frac[-2] - 0.03, 0.06))
+        marks.append(math.ceil(p_frac[-1] * n_iters))
+    marks = marks[1:]
+
+    def set_weights(delta):
+        with torch.no_grad():
+            for p, w, d in zip(params, orig, delta, strict=True):
+                p.copy_(w + d)
+
+    def batch_loss(x, y):
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y).item()
+
+    def weighted_norm(delta):
+        total = 0.0
+        for d, w in zip(delta, orig, strict=True):
+            total += float(((d / (w.abs() if adaptive else 1)) ** 2).sum())
+        return total**0.5
+
+    sharpness = []
+    for x, y in batches:
+        set_weights([torch.zeros_like(w) for w in orig])
+        init_loss = batch_loss(x, y)
+        delta = [torch.zeros_like(w) for w in orig]
+        prev_delta = [d.clone() for d in delta]
+        current = [d.clone() for d in delta]  # what the model holds, w - w0
+        worst_loss, worst = init_loss, [d.clone() for d in delta]
+        step = 2 * rho
+        prev_step, prev_worst, prev_cp, n_updates = step, worst_loss, 0, 0
+        for i in range(n_iters):
+            set_weights(current)
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads = [p.grad.detach().clone() for p in params]
+            backup = [d.clone() for d in delta]
+            for k in range(len(delta)):
+                scale = orig[k].abs() if adaptive else 1
+                if norm == "l2":
+                    gnorm = sum(float((g**2).sum()) for g in grads) ** 0.5
+                    delta[k] = delta[k] + step / (gnorm + 1e-12) * grads[k] * scale
+                else:
+                    delta[k] = delta[k] + step * grads[k].sign() * scale
+            if norm == "l2" and not adaptive:
+                n = weighted_norm(delta)
+                if n > rho:
+                    delta = [d * (rho / n) for d in delta]
+            elif norm == "l2":
+                lam, lo, hi, hi_limit = 0.1, 0.0, 10.0, 10.0
+                new = weighted_norm(delta)
+                tmp = delta
+                if new > rho:
+                    while abs(new - rho) > 1e-5:
+                        tmp = [d / (1 + 2 * lam / w**2) for d, w in zip(delta, orig, strict=True)]
+                        new = weighted_norm(tmp)
+                        if new > rho:
+                            lam, lo = (lam + hi) / 2, lam
+                        else:
+                            lam, hi = (lo + lam) / 2, lam
+                        if hi_limit - hi < 1e-2:
+                            hi_limit, hi = hi_limit * 2, hi * 2
+                delta = tmp
+            else:
+                for k in range(len(delta)):
+                    bound = rho * (orig[k].abs() if adaptive else torch.ones_like(orig[k]))
+                    delta[k] = torch.maximum(torch.minimum(delta[k], bound), -bound)
+            delta = [0.75 * d + 0.25 * q for d, q in zip(delta, prev_delta, strict=True)]
+            prev_delta = backup
+            current = [d.clone() for d in delta]
+            set_weights(current)
+            loss = batch_loss(x, y)
+            if loss > worst_loss:
+                worst_loss, worst = loss, [d.clone() for d in current]
+                n_updates += 1
+            if i in marks:
+                cond1 = n_updates < 0.75 * (i - prev_cp)
+                cond2 = prev_step == step and prev_worst == worst_loss
+                prev_step, prev_worst, prev_cp, n_updates = step, worst_loss, i, 0
+                if cond1 or cond2:
+                    step *= 0.5
+                    current = [d.clone() for d in worst]  # the model reloads the best point
+        sharpness.append(worst_loss - init_loss)
+    set_weights([torch.zeros_like(w) for w in orig])
+    return sum(sharpness) / len(sharpness)
+
+
+@pytest.mark.parametrize("p, adaptive", [("2", True), ("2", False), ("inf", True)])
+def test_reference_search_equals_an_independent_transcription_of_theirs(p, adaptive):
+    a, _, x, y = mlp_pair()
+    opts = {"rho": 0.1, "p": p, "steps": 20, "restarts": 1, "m": 8, "batch_size": 64,
+            "adaptive": adaptive}  # fmt: skip
+    out = adaptive_worst(a, x, y, opts, seed=4, log=LOG)
+    batches = [(x[i], y[i]) for i in worst_batches(len(x), 8, 4)]
+    want = reference_worst_case(copy.deepcopy(a), batches, 0.1, 20, "l2" if p == "2" else "linf",
+                                adaptive)  # fmt: skip
+    got = out["values"]["adaptive_worst" if adaptive else "worst"]
+    assert got > 0.01 and got == pytest.approx(want, abs=1e-6)
+    assert out["options"]["search"] == "reference"
+
+
+def test_checkpoints_are_apgds():
+    # Fractions 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99, 1.05 of the steps, ceilings of
+    # float products as in their code: 0.70 is 0.7000000000000001 there, so 20 steps give 15.
+    assert checkpoints(20) == [5, 9, 12, 15, 16, 18, 19, 20]
+    assert checkpoints(100) == [22, 41, 58, 70, 80, 87, 93, 99, 105]
+
+
+def test_strong_search_finds_more_than_the_reference_on_a_small_network():
+    a, _, x, y = mlp_pair()
+    opts = {"rho": 0.1, "p": "2", "steps": 20, "restarts": 1, "m": None, "batch_size": 64}
+    ref = adaptive_worst(a, x, y, opts, seed=4, log=LOG)["values"]["adaptive_worst"]
+    strong = adaptive_worst(a, x, y, {**opts, "restarts": 3, "search": "strong"}, seed=4,
+                            log=LOG)["values"]["adaptive_worst"]  # fmt: skip
+    assert 0 < ref <= strong * (1 + 1e-9)
 
 
 # --- resume -------------------------------------------------------------------------------------
@@ -441,13 +590,17 @@ def model_file(tmp_path, feature_store) -> Path:
     """A CNN10 model.pt trained on (the first 60 of) the tiny store's training clips."""
     import pandas as pd
 
-    torch.manual_seed(0)
-    model = set_bn_stats(build_model("cnn10", width=0.125, n_mels=16, n_classes=10))
+    model = initial_model("cnn10", run=RUN, width=0.125, n_mels=16, n_classes=10)
+    init_sha256 = weights_digest(model)
+    set_bn_stats(model)
+    with torch.no_grad():  # "training" moved the weights away from the initial ones
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
     names = pd.read_csv(feature_store / "train.tsv", sep="\t")["filename"].tolist()
     path = tmp_path / "models" / RUN / "model.pt"
     checkpoint.save(path, {"state_dict": model.state_dict(), "arch": "cnn10", "width": 0.125,
                            "n_classes": 10, "n_mels": 16, "run": RUN,
-                           "train_clips": names[:60]})  # fmt: skip
+                           "train_clips": names[:60], "init_sha256": init_sha256})  # fmt: skip
     return path
 
 
@@ -468,15 +621,23 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
     outs = tmp_path / "measures" / RUN
     args = {
         "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --trace-estimator hutchinson "
-        "--batch-size 32",
+        "--batch-size 32 --parameters all",
         "adaptive_average": "--samples 3 --rho 0.05 --batch-size 64",
-        "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64",
+        "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64 "
+        "--search reference",
+        "pacbayes": "--samples 2 --depth 2 --batch-size 64",
+        "norms": "",
+        "margin": "--batch-size 64",
     }
+    from ascsharp.measure_job import MEASURES
+
+    assert set(args) == set(MEASURES)  # every measure, and the CLI knows each one
     docs = {}
     for measure, extra in args.items():
         out = outs / f"{measure}.json"
         main(measure_cli(model_file, feature_store, out, "--measure", measure, "--clips", "12",
-                         "--device", "cpu", *extra.split()))  # fmt: skip
+                         "--selection", "measures", "--device", "cpu",
+                         *extra.split()))  # fmt: skip
         docs[measure] = strict_json(out)
         assert not out.with_name(out.name + ".partial.json").exists()
     for measure, doc in docs.items():
@@ -485,7 +646,8 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
         assert {"wall_s", "flops", "forward_clips", "gradient_clips", "hvp_clips"} <= set(
             doc["cost"]
         )
-        assert doc["cost"]["flops"] > 0 and doc["provenance"]["versions"]["torch"]
+        assert doc["cost"]["flops"] > 0 or measure == "norms"  # no pass over the clips
+        assert doc["provenance"]["versions"]["torch"]
     digests = {doc["clips"]["filenames_sha256"] for doc in docs.values()}
     assert len(digests) == 1  # one seeded subset per run, shared by its measures
     h = docs["hessian"]["values"]
@@ -497,14 +659,43 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
     worst = docs["adaptive_worst"]
     assert worst["options"]["m"] is None and worst["options"]["p"] == "inf"
     assert worst["values"]["adaptive_worst_se"] is None  # one batch: no standard error (null)
+    assert worst["options"]["search"] == "reference"
+    assert docs["norms"]["initial_weights"]["verified"] is True
+    assert docs["norms"]["values"]["distance_from_init"] > 0
+    assert docs["pacbayes"]["values"]["pacbayes_flatness"] > 0
+    assert docs["margin"]["values"]["inverse_margin"] > 0
+
+
+def test_measures_use_the_landscape_clips_by_default(tmp_path, feature_store, model_file):
+    """--selection landscape: the very clips landscape.surface_clips gives the surfaces (same
+    split, count and seeded stream); --selection measures: a selection of their own."""
+    from ascsharp.data import Store
+    from ascsharp.landscape import surface_clips
+    from ascsharp.measure_job import clips_digest
+
+    ckpt = checkpoint.load(model_file)
+    store = Store(feature_store / "train.npy", feature_store / "train.tsv")
+    surface = surface_clips(store, ckpt, "train", 12).table["filename"].tolist()
+    digests = {}
+    for selection in ("landscape", "measures"):
+        out = tmp_path / f"{selection}.json"
+        extra = ["--selection", selection, "--batch-size", "64", "--device", "cpu"]
+        main(measure_cli(model_file, feature_store, out, "--measure", "margin", "--clips", "12",
+                         *extra))  # fmt: skip
+        doc = strict_json(out)
+        digests[selection] = doc["clips"]["filenames_sha256"]
+        assert doc["clips"]["selection"] == selection and doc["clips"]["n"] == 12
+    assert set(surface) <= set(ckpt["train_clips"])
+    assert digests["landscape"] == clips_digest(surface)
+    assert digests["measures"] != digests["landscape"]
 
 
 def test_measure_cli_refuses_options_of_another_measure(
     tmp_path, feature_store, model_file, capsys
 ):
     hessian = (
-        "--measure hessian --clips all --top-k 1 --trace-samples 2 --trace-estimator hutchinson "
-        "--batch-size 32"
+        "--measure hessian --clips all --selection landscape --top-k 1 --trace-samples 2 "
+        "--trace-estimator hutchinson --batch-size 32 --parameters all"
     )
     cases = {
         "--lanczos-tol 0.1 --samples 3": "--samples does not apply to --measure hessian",
@@ -519,7 +710,8 @@ def test_measure_cli_refuses_options_of_another_measure(
         assert error in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(measure_cli(model_file, feature_store, tmp_path / "a.json", "--measure",
-                         "adaptive_average", "--clips", "0"))  # fmt: skip
+                         "adaptive_average", "--clips", "0", "--selection",
+                         "landscape"))  # fmt: skip
 
 
 def test_measure_killed_with_sigkill_resumes_to_the_same_result(
@@ -527,7 +719,7 @@ def test_measure_killed_with_sigkill_resumes_to_the_same_result(
 ):
     """A real `kill -9` of the job mid-way; the rerun reads the partial file and finishes."""
     common = ("--measure adaptive_average --samples 150 --rho 0.1 --batch-size 64 --clips all "
-              "--device cpu --threads 1").split()  # fmt: skip
+              "--selection landscape --device cpu --threads 1").split()  # fmt: skip
     ref = tmp_path / "ref.json"
     main(measure_cli(model_file, feature_store, ref, *common))
     out = tmp_path / "killed.json"

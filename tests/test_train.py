@@ -292,10 +292,10 @@ def test_a_batch_larger_than_the_split_is_refused():
 
 
 def test_training_sees_every_clip_each_epoch(feature_store, tmp_path, monkeypatch):
-    import ascsharp.train as train_module
+    import ascsharp.models as models_module
 
     sizes: list[int] = []
-    real_build = train_module.build_model
+    real_build = models_module.build_model
 
     def counting_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -304,7 +304,7 @@ def test_training_sees_every_clip_each_epoch(feature_store, tmp_path, monkeypatc
         )
         return model
 
-    monkeypatch.setattr(train_module, "build_model", counting_build)
+    monkeypatch.setattr(models_module, "build_model", counting_build)  # via initial_model
     # 120 clips with the paper's selection; batch size 16: 7 full batches and one of 8.
     settings = train_settings(epochs=1, width=0.125, selection="paper", eval_batch_size=64)
     train_into(feature_store, RUN, tmp_path / "m", settings)

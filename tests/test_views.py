@@ -373,7 +373,7 @@ def test_trajectory_plane_job(feature_store, tmp_path):
     # check one point against an independent evaluation of those weights.
     traj = read_trajectory(tmp_path / "t.h5")
     from ascsharp.checkpoint import load_model
-    from ascsharp.landscape import landscape_clips
+    from ascsharp.landscape import surface_clips
     from ascsharp.views import _split_state
 
     net, ckpt = load_model(files.model)
@@ -383,7 +383,7 @@ def test_trajectory_plane_job(feature_store, tmp_path):
     point = traj.parameters[-1].astype(np.float64) + x[2] * comps[0] + y[0] * comps[1]
     state = {**traj.state(4), **traj.unflatten(point)}
     net.load_state_dict(state)
-    data = landscape_clips(store, ckpt, "train", 30)
+    data = surface_clips(store, ckpt, "train", 30)
     assert loss[0, 2] == pytest.approx(own_loss(net, data.x, data.y)[0], rel=1e-4)
     assert set(_split_state(net)[0]) == set(traj.names)
     fig = plot_trajectory(out, [tmp_path / "plane.png"], title="t")

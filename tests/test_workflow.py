@@ -106,7 +106,7 @@ def test_default_dry_run_lists_the_dag(tmp_path):
     assert counts["train"] == 8
     assert counts["landscape_shard"] == 8 * 2 * 2  # runs x direction seeds x shards
     assert counts["gather"] == 16 and counts["run_sharpness"] == 8
-    assert counts["measure"] == 8 * 3 and counts["rank_measures"] == 1
+    assert counts["measure"] == 8 * 6 and counts["rank_measures"] == 1
     assert counts["synthesize"] == 1 and counts["features"] == 2
     # The synthetic set is declared by the marker file `ascsharp synth` writes into it and the
     # files the features read (also when the set is not generated: docs/reruns.md).
@@ -136,7 +136,7 @@ def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
     shards = yaml.safe_load((work / "workflow/presets/paper.yaml").read_text())["landscape"]
     assert counts["train"] == 46
     assert counts["landscape_shard"] == 46 * 3 * shards["shards"]
-    assert counts["measure"] == 46 * 3
+    assert counts["measure"] == 46 * 6
     assert "synthesize" not in counts and "download" not in counts
 
 
@@ -297,13 +297,19 @@ def test_tiny_workflow_produces_every_output(tiny_run):
     twins = pd.read_csv(tiny_run / "results/analysis/paper_comparison.tsv", sep="\t")
     assert sorted(twins["run"]) == sorted(summary["run"]) and twins["paper_id"].notna().all()
     # Every measure of every run: a summary column and rows of the correlations and the ranking.
-    measure_columns = ["hessian_lambda_max", "hessian_trace", "adaptive_average", "adaptive_worst"]
+    measure_columns = ["hessian_lambda_max", "hessian_trace", "adaptive_average", "adaptive_worst",
+                       "pacbayes_flatness", "pacbayes_magnitude_flatness", "log_prod_frobenius",
+                       "log_prod_spectral", "path_norm", "distance_from_init", "weight_norm",
+                       "inverse_margin"]  # fmt: skip
     assert summary[measure_columns].notna().all().all()
     assert set(measure_columns) <= set(corr["measure"])
     ranking = pd.read_csv(tiny_run / "results/analysis/measure_ranking.tsv", sep="\t")
-    assert set(measure_columns) | {"mean_sharpness"} <= set(ranking["measure"])
+    assert set(measure_columns) | {"mean_sharpness", "train_loss"} <= set(ranking["measure"])
+    assert {"beats_train_loss", "psi_gain_vs_weight_norm_ci_low"} <= set(ranking.columns)
     hessian = json.loads((tiny_run / f"results/measures/{RUN}/hessian.json").read_text())
-    assert hessian["run"] == RUN and hessian["clips"]["n"] == 16 and hessian["cost"]["flops"] > 0
+    # The landscape's clips (landscape.clips 32 of the model's training clips), by default.
+    assert hessian["run"] == RUN and hessian["clips"]["n"] == 32 and hessian["cost"]["flops"] > 0
+    assert hessian["clips"]["selection"] == "landscape"
     with h5py.File(tiny_run / SURFACE) as f:
         assert f["train_loss"].shape == (3, 3)
         assert list(f["xcoordinates"][:]) == [-0.25, 0.0, 0.25]

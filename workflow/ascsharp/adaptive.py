@@ -13,10 +13,25 @@ worst case is the m-sharpness average over batches S of m clips. Writing delta =
 are taken in u: u ~ N(0, rho^2 I), and max over ||u||_p <= rho, so a weight w_i scaled by c
 and the next layer by 1/c (ReLU networks) gives the same perturbed function and the same value.
 
+The worst case is searched for in one of two ways (`search`):
+
+- "reference" (default): the search of Andriushchenko et al.'s code
+  (tml-epfl/sharpness-vs-generalization, `eval_APGD_sharpness` with its defaults: one start
+  from delta = 0, step size 2 rho), so that values compare with their tables. In w-space each
+  step moves delta by step * |w| * g / ||g|| (p = 2; g the gradient of the batch loss in w) or
+  step * |w| * sign(g) (p = inf), projects onto the ball (p = 2 adaptive: onto the ellipsoid
+  ||delta / |w| ||_2 <= rho by bisection on the Lagrange multiplier, to |norm - rho| <= 1e-5;
+  p = inf: clipping), then mixes in the previous iterate with momentum 0.75. At checkpoints
+  (22 %, 41 %, 57 %, ... of the steps, as APGD) the step is halved, and the next gradient taken
+  at the best point so far, when fewer than 75 % of the steps since the last checkpoint
+  improved the loss or nothing changed. The best loss seen is kept.
+- "strong": a greedy projected ascent that is a tighter lower bound on small networks (see
+  WorstOptions) but not the reference's algorithm.
+
 All parameters are perturbed, as in Andriushchenko et al.'s code: conv and linear weights,
 biases and BN affine parameters (`parameters="weights"` keeps tensors with <= 1 dimension, i.e.
 biases and BN affine, unperturbed instead). A weight that is exactly 0 is not perturbed in the
-adaptive variants (its scale is 0).
+adaptive variants (its scale is 0; the reference's ellipsoid would divide by it).
 """
 
 from __future__ import annotations
@@ -50,6 +65,10 @@ from .progress import Progress
 from .seeds import generator
 
 PARAMETERS = ("all", "weights")
+SEARCHES = ("reference", "strong")
+# The reference's momentum and step-size checkpoints (APGD, Croce & Hein 2020).
+MOMENTUM = 0.75
+MIN_UPDATE_RATIO = 0.75
 
 
 @dataclass(frozen=True)
@@ -79,14 +98,15 @@ class WorstOptions:
     """Projected gradient ascent in the ball ||u||_p <= rho (p "2" or "inf"), `restarts` starts
     of `steps` steps each on every batch of `m` clips (None: all clips in one batch).
 
-    Step rule: the first step has length `step_size` (default 2*rho, as APGD) along the
-    normalised gradient in u (p=2) or its sign (p=inf); a step that does not raise the loss
-    is undone and the step size halved; the best point is kept. Restart 0 starts at u = 0 (so
-    its first step follows the gradient), the others at random points of the sphere (p=2) or
-    of the box (p=inf). Each step costs one forward+backward pass over the batch.
+    Restart 0 starts at u = 0, the others at random points of the sphere (p=2) or of the box
+    (p=inf). The first step has length `step_size` (default 2*rho, as APGD). `search`
+    "reference" steps as the module docstring says. `search` "strong" steps along the
+    normalised gradient in u (p=2) or its sign (p=inf); a step that does not raise the loss is
+    undone and the step size halved; the best point is kept. Either way each step costs one
+    forward+backward pass over the batch.
 
-    rho to batch_size are the config's `measures.adaptive_worst` (defaults in the schema); the
-    fields with defaults are not configurable: their defaults are the measure.
+    rho to batch_size and search are the config's `measures.adaptive_worst` (defaults in the
+    schema); the fields after them are not configurable: their defaults are the measure.
     """
 
     rho: float
@@ -95,6 +115,7 @@ class WorstOptions:
     restarts: int
     m: int | None
     batch_size: int
+    search: str = "reference"
     step_size: float | None = None
     adaptive: bool = True
     parameters: str = "all"
@@ -110,6 +131,8 @@ class WorstOptions:
             raise ValueError(f"steps must be >= 0 and restarts >= 1: {self}")
         if self.m is not None and self.m < 1:
             raise ValueError(f"m must be >= 1 or None (all clips), got {self.m}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search {self.search!r}: expected one of {SEARCHES}")
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
 
@@ -307,12 +330,127 @@ def _ascent(
             accepted += 1
         else:
             step /= 2
-    if opts.p == "2":
-        radius = math.sqrt(sum(float(d.double().pow(2).sum()) for d in best_u))
-    else:
-        radius = max(float(d.abs().max()) for d in best_u)
     return {"worst_loss": best_loss, "accepted_steps": accepted, "final_step": step,
-            "radius": radius}  # fmt: skip
+            "radius": _radius(best_u, opts.p)}  # fmt: skip
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The step indices (0-based) at which the reference search may halve its step size: after
+    22 % of the steps, then at gaps that shrink by 3 points of the total down to 6 points (APGD's
+    schedule, as Andriushchenko et al.'s code computes it, ceilings of float products)."""
+    fractions, marks = [0.0, 0.22], [0, math.ceil(steps * 0.22)]
+    while marks[-1] < steps and marks[-1] != marks[-2]:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+        marks.append(math.ceil(fractions[-1] * steps))
+    return marks[1:]
+
+
+def _norm(u: Sequence[Tensor]) -> float:
+    return math.sqrt(sum(float(d.double().pow(2).sum()) for d in u))
+
+
+# The bisection below stops at |norm - rho| <= ELLIPSOID_TOL, as the reference; the cap only
+# guards against a tolerance that float32 cannot reach (never hit at the configured radii).
+ELLIPSOID_TOL = 1e-5
+_ELLIPSOID_MAX_ITER = 1000
+
+
+def _project_ellipsoid(u: list[Tensor], t: Sequence[Tensor], rho: float) -> list[Tensor]:
+    """The reference's projection of delta = T u onto ||delta / |w| ||_2 <= rho, in u.
+
+    delta_i / (1 + 2 lambda / w_i^2) is the Euclidean projection of delta onto the ellipsoid
+    for the right lambda >= 0; lambda is found by bisection (start 0.1 in [0, 10], the upper
+    end doubled whenever the search comes within 0.01 of it). In u the same map divides u_i by
+    (1 + 2 lambda / w_i^2), so u is shrunk most where |w_i| is small.
+    """
+    if _norm(u) <= rho:
+        return u
+    inv_w2 = [torch.where(s != 0, s.pow(-2), torch.zeros_like(s)) for s in t]
+    lmbd, low, high, limit = 0.1, 0.0, 10.0, 10.0
+    norm, out = math.inf, u
+    for _ in range(_ELLIPSOID_MAX_ITER):
+        if abs(norm - rho) <= ELLIPSOID_TOL:
+            break
+        out = [d / (1 + 2 * lmbd * c) for d, c in zip(u, inv_w2, strict=True)]
+        norm = _norm(out)
+        if norm > rho:
+            lmbd, low = (lmbd + high) / 2, lmbd
+        else:
+            lmbd, high = (low + lmbd) / 2, lmbd
+        if limit - high < 1e-2:
+            limit, high = 2 * limit, 2 * high
+    return out
+
+
+def _reference_ascent(
+    model: nn.Module,
+    params: Sequence[Tensor],
+    w0: Sequence[Tensor],
+    t: Sequence[Tensor],
+    x: Tensor,
+    y: Tensor,
+    opts: WorstOptions,
+    u: list[Tensor],
+    cost: Cost,
+    loss_fn: LossFn,
+) -> dict[str, Any]:
+    """The search of Andriushchenko et al.'s `eval_APGD_sharpness` (module docstring), in u.
+
+    Their step moves delta = T u by step * T g / ||g|| (g the gradient in w), i.e. u by
+    step * g / ||g||; the loss is evaluated after every step. When a checkpoint halves the step,
+    the next gradient is taken at the best point while the iterate itself carries on, as in
+    their code (it reloads the best weights into the model but not into its perturbation).
+    """
+    mask = [s != 0 for s in t]
+
+    def loss_grad(u: Sequence[Tensor]) -> tuple[float, list[Tensor]]:
+        _set(params, w0, t, u)
+        return loss_and_gradient(model, params, x, y, opts.batch_size, cost, loss_fn)
+
+    best_loss, g = loss_grad(u)
+    best_u, best_g = u, g
+    prev = [d.clone() for d in u]
+    step = opts.step_size if opts.step_size is not None else 2 * opts.rho
+    marks = set(checkpoints(opts.steps))
+    last_mark, last_step, last_best, updates, accepted, halvings = 0, step, best_loss, 0, 0, 0
+    for i in range(opts.steps):
+        if opts.p == "2":
+            scale = step / (_norm([gi * k for gi, k in zip(g, mask, strict=True)]) + 1e-12)
+            cand = [d + scale * gi * k for d, gi, k in zip(u, g, mask, strict=True)]
+            cand = _project_ellipsoid(cand, t, opts.rho) if opts.adaptive else \
+                _project(cand, opts.rho, "2")  # fmt: skip
+        else:
+            cand = [(d + step * gi.sign() * k).clamp_(-opts.rho, opts.rho)
+                    for d, gi, k in zip(u, g, mask, strict=True)]  # fmt: skip
+        u, prev = [MOMENTUM * c + (1 - MOMENTUM) * q for c, q in zip(cand, prev, strict=True)], u
+        loss, g = loss_grad(u)
+        if loss > best_loss:
+            best_loss, best_u, best_g = loss, u, g
+            updates += 1
+            accepted += 1
+        if i in marks:
+            stalled = updates < MIN_UPDATE_RATIO * (i - last_mark)
+            unchanged = last_step == step and last_best == best_loss
+            last_step, last_best, last_mark, updates = step, best_loss, i, 0
+            if stalled or unchanged:
+                step /= 2
+                halvings += 1
+                g = best_g  # the next step starts from the gradient at the best point
+    return {"worst_loss": best_loss, "accepted_steps": accepted, "final_step": step,
+            "halvings": halvings, "radius": _radius(best_u, opts.p)}  # fmt: skip
+
+
+def _radius(u: Sequence[Tensor], p: str) -> float:
+    return _norm(u) if p == "2" else max(float(d.abs().max()) for d in u)
+
+
+_STEP_RULES = {
+    "reference": "Andriushchenko et al.'s eval_APGD_sharpness: steps T g/||g|| (p=2) or "
+    "T sign(g) (p=inf) of size step_size (2 rho), ellipsoid projection by bisection, momentum "
+    "0.75, step halved at APGD checkpoints with the next gradient at the best point",
+    "strong": "first step step_size (2 rho), halved after every step that does not raise the "
+    "loss; best point kept",
+}
 
 
 def adaptive_worst(
@@ -367,7 +505,8 @@ def adaptive_worst(
                     progress.update(1, "(from the partial file)")
                     continue
                 u = _start(t, opts, r, generator(seed, "adaptive-worst", b, r))
-                res = _ascent(model, params, w0, t, xb, yb, opts, u, cost, loss_fn)
+                ascent = _reference_ascent if opts.search == "reference" else _ascent
+                res = ascent(model, params, w0, t, xb, yb, opts, u, cost, loss_fn)
                 restarts.append(res)
                 part.put(name, res)
                 rise = res["worst_loss"] - loss0
@@ -394,8 +533,7 @@ def adaptive_worst(
             **asdict(opts),
             "ball": f"||T_w^-1 delta||_{opts.p} <= rho",
             "scaling": "|w|" if opts.adaptive else "identity",
-            "step_rule": "first step step_size (2 rho), halved after every step "
-            "that does not raise the loss; best point kept",
+            "step_rule": _STEP_RULES[opts.search],
         },  # fmt: skip
         "cost": cost.to_dict(params[0].device),
     }

@@ -399,15 +399,24 @@ def _surface_title(surface: Path) -> str:
     return "/".join(parts[:3]) + "\n" + "/".join(parts[3:]) + f", direction seed {seed}"
 
 
-# --- measures beyond the landscape: Hessian, adaptive sharpness ------------------------------
+# --- measures beyond the landscape: Hessian, adaptive sharpness, Jiang et al.'s -------------
 # Each measure's settings in the config (measures.<name>, minus `enabled`) are required options
 # of its job: the schema says which they are and holds their defaults. The variants below are
 # not in the config; left out, the measure's options class decides (ascsharp.adaptive).
-_MEASURE_VARIANTS = {
-    "hessian": (),
+_VARIANTS = {
     "adaptive_average": ("plain", "parameters", "antithetic"),
     "adaptive_worst": ("plain", "parameters", "step_size"),
 }
+
+
+def _measure_variants() -> dict[str, tuple[str, ...]]:
+    """Every measure (a block with `enabled` in the schema's `measures` section; the same names
+    as ascsharp.measure_job.MEASURES, which imports torch: too slow for building the parser)."""
+    from .config import load_schema
+
+    section = load_schema()["properties"]["measures"]["properties"]
+    names = [n for n, block in section.items() if "enabled" in block.get("properties", {})]
+    return {m: _VARIANTS.get(m, ()) for m in names}
 
 
 def _configured_options(measure: str) -> list[str]:
@@ -418,15 +427,28 @@ def _configured_options(measure: str) -> list[str]:
 
 
 def _measure_args(p):
-    p.add_argument("--measure", choices=list(_MEASURE_VARIANTS), required=True)
+    p.add_argument("--measure", choices=list(_measure_variants()), required=True)
     p.add_argument("--model", type=Path, required=True, help="results/models/{run}/model.pt")
     _store_arguments(p, "features", "the train store's")
     p.add_argument(
         "--clips",
         type=_clip_count,
         required=True,
-        help="N: a fixed seeded selection of N of the model's training clips, the same for every "
-        "measure of a run; all: every one",
+        help="N: a fixed seeded selection of N clips, the same for every measure of a run; "
+        "all: every one (the landscape's --clips with --selection landscape)",
+    )
+    p.add_argument(
+        "--selection",
+        choices=["landscape", "measures"],
+        required=True,
+        help="landscape: the clips of the run's surfaces (its --split, --clips and seeded "
+        "selection); measures: a selection of the model's training clips of the measures' own",
+    )
+    p.add_argument(
+        "--split",
+        choices=["train", "test"],
+        default="train",
+        help="with --selection landscape: the landscape's split (train: the model's own clips)",
     )
     p.add_argument("--out", type=Path, required=True, help="results/measures/{run}/{measure}.json")
     p.add_argument(
@@ -441,6 +463,12 @@ def _measure_args(p):
     g.add_argument("--lanczos-tol", type=float, help="ARPACK relative accuracy")
     g.add_argument("--trace-samples", type=int, help="HVPs for the trace")
     g.add_argument("--trace-estimator", choices=["hutchinson", "hutch++"], help="trace estimator")
+    g.add_argument(
+        "--parameters",
+        choices=["all", "weights"],
+        help="all parameters, or only tensors with >= 2 dimensions (hessian: config; adaptive: "
+        "a variant, not in the config)",
+    )
     g = p.add_argument_group(
         "adaptive sharpness, Andriushchenko et al. 2023 (config: measures.adaptive_average, "
         "measures.adaptive_worst)"
@@ -452,13 +480,15 @@ def _measure_args(p):
     g.add_argument("--restarts", type=int, help="worst case: restarts per batch")
     # Parsed in _measure: None must stay "not given", and `all` is None to the measure.
     g.add_argument("--m", help="worst case: clips per batch; all: one batch")
+    g.add_argument(
+        "--search",
+        choices=["reference", "strong"],
+        help="worst case: the ascent (reference: theirs)",
+    )
+    g = p.add_argument_group("Jiang et al. 2020 (config: measures.pacbayes, .norms, .margin)")
+    g.add_argument("--depth", type=int, help="pacbayes: bisection steps at most")
     g = p.add_argument_group("variants, not in the config (default: adaptive, all parameters)")
     g.add_argument("--plain", action="store_true", default=None, help="T_w = I instead of |w|")
-    g.add_argument(
-        "--parameters",
-        choices=["all", "weights"],
-        help="perturb all parameters or only tensors with >= 2 dimensions",
-    )
     g.add_argument(
         "--antithetic", action="store_true", default=None, help="average case: +delta and -delta"
     )
@@ -467,16 +497,17 @@ def _measure_args(p):
 
 @command(
     "measure",
-    "Hessian eigenvalues/trace or adaptive sharpness of one model on its training clips "
-    "(resumable)",
+    "Hessian eigenvalues/trace, adaptive sharpness or one of Jiang et al.'s measures of one "
+    "model on its landscape's clips (resumable)",
     _measure_args,
 )
 def _measure(args):
     from .measure_job import run_measure
 
+    variants = _measure_variants()
     configured = _configured_options(args.measure)
-    allowed = {*configured, *_MEASURE_VARIANTS[args.measure]}
-    every = {d for m in _MEASURE_VARIANTS for d in (*_configured_options(m), *_MEASURE_VARIANTS[m])}
+    allowed = {*configured, *variants[args.measure]}
+    every = {d for m in variants for d in (*_configured_options(m), *variants[m])}
     given = {d: getattr(args, d) for d in sorted(every) if getattr(args, d) is not None}
     for dest in given.keys() - allowed:
         raise ValueError(f"--{dest.replace('_', '-')} does not apply to --measure {args.measure}")
@@ -501,6 +532,8 @@ def _measure(args):
         out=args.out,
         options=options,
         seed=args.seed,
+        selection=args.selection,
+        split=args.split,
         device=args.device,
     )
 

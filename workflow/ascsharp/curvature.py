@@ -1,16 +1,19 @@
 """Curvature of the training loss at a trained model: top Hessian eigenvalues and the trace.
 
 The loss is the landscape's: mean cross-entropy over the clips (sum over clips / N), model in
-eval mode, all parameters (conv and linear weights and biases, BN affine); BN running
-statistics are buffers and stay fixed. Hessian-vector products come from curvlinops'
-HessianLinearOperator (Dangel et al.; forward-over-reverse autodiff over the clips in chunks),
-the top-k eigenvalues from ARPACK's implicitly restarted Lanczos (scipy.sparse.linalg.eigsh,
-which="LA": the largest algebraic, so lambda_max is the usual sharpness), the trace from
-Hutchinson's estimator E[v^T H v] = tr(H) with Rademacher v (Hutchinson 1989) or, with
-trace_estimator "hutch++", from Hutch++ (Meyer, Musco, Musco & Woodruff 2021): the same number
-of HVPs, a third spent on a sketch whose range carries the large eigenvalues exactly, so that
-only the rest of the spectrum is sampled (far lower variance where a few eigenvalues dominate,
-as in trained networks; up to 3x the variance for a flat spectrum).
+eval mode, BN running statistics fixed (buffers). `parameters` "all" (default: the Hessian
+of the literature, e.g. PyHessian) takes every parameter (conv and linear weights and biases,
+BN affine); "weights" only the tensors with more than one dimension, the ones the
+landscape's filter-normalised directions move (they leave biases and BN affine at zero).
+Hessian-vector products come from curvlinops' HessianLinearOperator (Dangel et al.;
+forward-over-reverse autodiff over the clips in chunks), the top-k eigenvalues from ARPACK's
+implicitly restarted Lanczos (scipy.sparse.linalg.eigsh, which="LA": the largest algebraic,
+so lambda_max is the usual sharpness), the trace from Hutchinson's estimator
+E[v^T H v] = tr(H) with Rademacher v (Hutchinson 1989) or, with trace_estimator "hutch++",
+from Hutch++ (Meyer, Musco, Musco & Woodruff 2021): the same number of HVPs, a third spent on
+a sketch whose range carries the large eigenvalues exactly, so that only the rest of the
+spectrum is sampled (far lower variance where a few eigenvalues dominate, as in trained
+networks; up to 3x the variance for a flat spectrum).
 
 Each Hutchinson sample is drawn from its own seeded generator on the CPU and saved when done,
 so a killed job resumes and a GPU job draws the same vectors as a CPU one. curvlinops' own
@@ -46,6 +49,7 @@ from .measures import (
 from .seeds import generator
 
 TRACE_ESTIMATORS = ("hutchinson", "hutch++")
+PARAMETERS = ("all", "weights")
 
 
 @dataclass(frozen=True)
@@ -53,23 +57,28 @@ class HessianOptions:
     """top_k eigenvalues to ARPACK relative accuracy `lanczos_tol` (ncv Lanczos vectors and
     maxiter restarts: scipy's defaults when None); `trace_samples` HVPs for the trace, by
     `trace_estimator` ("hutchinson" or "hutch++"); `batch_size` clips per chunk of a
-    Hessian-vector product (memory, not results).
+    Hessian-vector product (memory, not results); `parameters` "all" or "weights" (module
+    docstring).
 
-    The first four and trace_estimator are the config's `measures.hessian` (defaults in the
-    schema; trace_estimator's default here is the schema's, for callers that predate it, and a
-    test keeps them equal); the Lanczos knobs are not configurable: scipy's choice."""
+    top_k, lanczos_tol, trace_samples, trace_estimator and parameters are the config's
+    `measures.hessian` (defaults in the schema; the dataclass defaults of the last two are the
+    schema's, for callers that predate them); the Lanczos knobs are not configurable: scipy's
+    choice."""
 
     top_k: int
     lanczos_tol: float
     trace_samples: int
     batch_size: int
     trace_estimator: str = "hutchinson"
+    parameters: str = "all"
     lanczos_ncv: int | None = None
     lanczos_maxiter: int | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.trace_samples < 1 or self.batch_size < 1:
             raise ValueError(f"top_k, trace_samples and batch_size must be >= 1: {self}")
+        if self.parameters not in PARAMETERS:
+            raise ValueError(f"parameters {self.parameters!r}: expected one of {PARAMETERS}")
         if not self.lanczos_tol >= 0:
             raise ValueError(f"lanczos_tol must be >= 0, got {self.lanczos_tol}")
         if self.trace_estimator not in TRACE_ESTIMATORS:
@@ -93,15 +102,23 @@ class _Batches:
         return -(-len(self.x) // self.batch_size)
 
 
-def hessian_operator(model: nn.Module, x: Tensor, y: Tensor, batch_size: int):
-    """curvlinops' Hessian of the mean cross-entropy over all clips w.r.t. all parameters.
+def hessian_parameters(model: nn.Module, parameters: str = "all") -> list[Tensor]:
+    """The parameters the Hessian is taken in: all, or those with more than one dimension."""
+    return [p for p in model.parameters() if p.requires_grad
+            and (parameters == "all" or p.dim() > 1)]  # fmt: skip
+
+
+def hessian_operator(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, parameters: str = "all"
+):
+    """curvlinops' Hessian of the mean cross-entropy over all clips w.r.t. the `parameters`.
 
     check_deterministic is off: in eval mode the loss is a fixed function of the weights, and
     the check would cost two extra gradient passes and two HVPs over all clips.
     """
     from curvlinops import HessianLinearOperator
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = hessian_parameters(model, parameters)
     data = _Batches(x, y, batch_size, params[0])
     return HessianLinearOperator(
         model,
@@ -206,7 +223,7 @@ def hessian(
 
     opts = options if isinstance(options, HessianOptions) else HessianOptions(**options)
     check_data(x, y, opts.batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = hessian_parameters(model, opts.parameters)
     n_params = sum(p.numel() for p in params)
     if opts.top_k >= n_params:
         raise ValueError(f"top_k={opts.top_k} must be < the {n_params} parameters (ARPACK)")
@@ -218,7 +235,7 @@ def hessian(
         }
         fp = partial_fingerprint("hessian", model, x, y, opts, seed, cross_entropy)
         part = Partial(partial_path, fp, log)
-        op = hessian_operator(model, x, y, opts.batch_size)
+        op = hessian_operator(model, x, y, opts.batch_size, opts.parameters)
         like = params[0]
         loss = mean_loss(model, x, y, opts.batch_size, cost)
         units = 0
@@ -312,7 +329,6 @@ def hessian(
             "which": "largest algebraic",
             "trace_vectors": "rademacher",
             "trace_se": "standard error of the sampled part (Hutch++: given the sketch)",
-            "parameters": "all",
             "loss": "mean cross-entropy, eval mode",
         },  # fmt: skip
         "cost": cost.to_dict(like.device),

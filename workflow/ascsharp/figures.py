@@ -60,6 +60,15 @@ MEASURE_LABELS = {
     "adaptive_worst": "adaptive sharpness, worst case",
     "plain_average": "sharpness, average case (not adaptive)",
     "plain_worst": "sharpness, worst case (not adaptive)",
+    "pacbayes_flatness": "PAC-Bayes flatness 1/σ′²",
+    "pacbayes_magnitude_flatness": "PAC-Bayes flatness 1/σ′², magnitude-aware",
+    "log_prod_frobenius": "log product of squared Frobenius norms",
+    "log_prod_spectral": "log product of squared spectral norms",
+    "path_norm": "path norm",
+    "distance_from_init": "distance from initialisation",
+    "weight_norm": "l2 norm of the weights (baseline)",
+    "inverse_margin": "inverse margin 1/γ²",
+    "train_loss": "training loss (baseline)",
 }
 VALUE_NAMES = {
     "adam": "Adam",

@@ -33,7 +33,7 @@ from ascsharp.seeds import derive_seed, generator
 from ascsharp.surface import SURFACE_SPLITS, Grid, shard_indices, write_shard
 
 if TYPE_CHECKING:  # data imports torchaudio, which `ascsharp directions` does not need
-    from ascsharp.data import Store
+    from ascsharp.data import Clips, Store
 
 PURPOSE = "landscape"
 # Forward precision of a grid point. "float32" is IEEE single precision everywhere: on CUDA,
@@ -385,16 +385,15 @@ def _seconds_since_process_start() -> float:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def landscape_clips(store: Store, ckpt: dict[str, Any], split: str, clips: int | None):
-    """The clips of a run's surfaces: its training clips (as model.pt lists them) or the test
-    fold, or a fixed selection of `clips` of them. The selection is fixed per run (not per
-    direction seed), so all surfaces of a run, and the views of Li et al. (ascsharp.views) of
-    that run, see the same clips."""
+def surface_clips(store: Store, ckpt: dict, split: str, clips: int | None) -> Clips:
+    """The clips a model's surfaces are computed on (and by default its measures): `split`
+    "train" is exactly the clips the model was trained on (model.pt's list), "test" the test
+    fold; `clips` keeps a fixed selection of that many of them, drawn from the run's "subset"
+    stream, so that all surfaces of a run agree. (The stream's name is part of the numbers.)"""
     from .data import load_clips
 
     if split not in SURFACE_SPLITS:
         raise ValueError(f"split {split!r}: expected one of {SURFACE_SPLITS}")
-    # (Purpose "subset": the stream's name is part of the numbers, so it stays.)
     seed = derive_seed(ckpt["run"], "subset")
     return load_clips(store, ckpt["train_clips"] if split == "train" else None, clips, seed)
 
@@ -440,7 +439,7 @@ def evaluate_shard(
     if meta.get("run") != ckpt["run"]:
         raise ValueError(f"{directions_path}: directions of run {meta.get('run')!r}, "
                          f"model {model_path} is run {ckpt['run']!r}")  # fmt: skip
-    data = landscape_clips(store, ckpt, split, clips)
+    data = surface_clips(store, ckpt, split, clips)
     indices = shard_indices(grid.n_points, n_shards, shard)
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")

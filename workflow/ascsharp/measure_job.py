@@ -1,9 +1,11 @@
-"""The `ascsharp measure` job: one measure of one model, on (a fixed selection of) the clips
-it was trained on, written to one JSON file.
+"""The `ascsharp measure` job: one measure of one model, on the clips its landscape uses (or a
+seeded selection of its training clips), written to one JSON file.
 
-The measures themselves are in ascsharp.curvature (Hessian) and ascsharp.adaptive (adaptive
-sharpness), built on the helpers of ascsharp.measures; this module only picks the clips and the
-function, and writes the result with its provenance.
+The measures themselves are in ascsharp.curvature (Hessian), ascsharp.adaptive (adaptive
+sharpness) and ascsharp.generalization (Jiang et al.'s PAC-Bayes flatness, norms and margin),
+built on the helpers of ascsharp.measures; this module only picks the clips and the function,
+and writes the result with its provenance. MEASURES is the one list of measure names: the
+config's `measures` section has a block of the same name for each.
 """
 
 from __future__ import annotations
@@ -18,18 +20,32 @@ import torch
 from .adaptive import adaptive_average, adaptive_worst
 from .checkpoint import load_model
 from .curvature import hessian
-from .data import Store, load_clips
+from .data import Clips, Store, load_clips
 from .evaluate import pick_device
+from .generalization import inverse_margin, norms, pacbayes
 from .io import provenance, write_json
-from .landscape import forward_precision
-from .measures import UnitHook
+from .landscape import forward_precision, surface_clips
+from .measures import UnitHook, weights_digest
+from .models import initial_model
 from .progress import get_logger
 from .seeds import derive_seed
 from .sharpness import json_safe
 
-MEASURES = ("hessian", "adaptive_average", "adaptive_worst")
-# One selection of clips per run, shared by all its measures (not per measure), so they see the
-# same clips. (The stream's name is part of the numbers, so it keeps the word "subset".)
+# measure name -> function(model, x, y, options, seed, log, partial_path=, on_unit=).
+_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "hessian": hessian,
+    "adaptive_average": adaptive_average,
+    "adaptive_worst": adaptive_worst,
+    "pacbayes": pacbayes,
+    "norms": norms,
+    "margin": inverse_margin,
+}
+MEASURES = tuple(_FUNCTIONS)
+# Where the clips come from: "landscape" the landscape's own selection (its split and count,
+# its "subset" stream), "measures" a selection of the model's training clips of its own.
+SELECTIONS = ("landscape", "measures")
+# The own selection's stream: one per run, shared by all its measures. (The stream's name is
+# part of the numbers, so it keeps the word "subset".)
 SUBSET_PURPOSE = "measure-subset"
 
 
@@ -47,35 +63,46 @@ def run_measure(
     out: str | Path,
     options: dict[str, Any],
     seed: int,
+    selection: str = "landscape",
+    split: str = "train",
     device: str | torch.device | None = None,
     on_unit: UnitHook | None = None,
 ) -> dict[str, Any]:
     """One measure of one model, written atomically to `out` (JSON); returns what it wrote.
 
-    The clips are those the model was trained on (the list in model.pt, found in `store`, the
-    train feature store), or a selection of `clips` of them drawn with derive_seed(run,
-    "measure-subset"): the same clips for every measure of a run. Noise and Lanczos start
-    vectors come from derive_seed(run, measure, seed). Finished units go to
-    `<out>.partial.json`, removed once `out` is written.
+    selection "landscape": the clips of the model's surfaces (landscape.surface_clips with the
+    landscape's `split` and `clips`; `store` holds that split), so that the measures describe
+    the plotted loss. selection "measures": `clips` of the model's training clips (model.pt's
+    list, in the train `store`) drawn with derive_seed(run, "measure-subset"), None: all.
+    Either way every measure of a run sees the same clips. Noise and start vectors come from
+    derive_seed(run, measure, seed). Finished units go to `<out>.partial.json`, removed once
+    `out` is written.
     """
     if measure not in MEASURES:
         raise ValueError(f"measure {measure!r}: expected one of {MEASURES}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection {selection!r}: expected one of {SELECTIONS}")
     device = torch.device(device or pick_device())
     log = get_logger()
     model, ckpt = load_model(model_path, device)
     run = ckpt["run"]
-    subset_seed = derive_seed(run, SUBSET_PURPOSE)
-    data = load_clips(store, ckpt["train_clips"], clips, subset_seed)
+    data, subset_seed = _clips(store, ckpt, selection, split, clips)
     stream_seed = derive_seed(run, measure, seed)
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")
-    log.info("%s: %s on %d of the model's %d training clips, on %s",
-             run, measure, len(data), len(ckpt["train_clips"]), device)  # fmt: skip
-    fn = _measure_function(measure)
+    log.info("%s: %s on %d %s clips (%s selection) of the model's %d training clips, on %s",
+             run, measure, len(data), split if selection == "landscape" else "train",
+             selection, len(ckpt["train_clips"]), device)  # fmt: skip
+    extra: dict[str, Any] = {}
+    initial = None
+    if measure == "norms":
+        initial, initial_check = _initial_weights(ckpt, model_path, log)
+        extra["initial"] = initial.to(device)
     # IEEE float32 on CUDA too, as the landscape's default: not PyTorch's TF32 convolutions.
     with forward_precision(device, "float32"):
-        result = fn(model, data.x.to(device), data.y.to(device), options, stream_seed, log,
-                    partial_path=partial, on_unit=on_unit)  # fmt: skip
+        result = _FUNCTIONS[measure](model, data.x.to(device), data.y.to(device), options,
+                                     stream_seed, log, partial_path=partial, on_unit=on_unit,
+                                     **extra)  # fmt: skip
     names = data.table["filename"].tolist()
     doc = {
         "run": run,
@@ -86,6 +113,8 @@ def run_measure(
         "stream_seed": stream_seed,
         "clips": {
             "n": len(data),
+            "selection": selection,
+            "split": split if selection == "landscape" else "train",
             "requested": "all" if clips is None else clips,
             "trained_on": len(ckpt["train_clips"]),
             "subset_seed": subset_seed,
@@ -96,6 +125,8 @@ def run_measure(
         "cost": result["cost"],
         "provenance": provenance(),
     }
+    if initial is not None:
+        doc["initial_weights"] = initial_check
     doc = json_safe(doc)  # strict JSON: NaN (se of one batch) and inf become null
     write_json(out, doc)
     partial.unlink(missing_ok=True)
@@ -106,6 +137,27 @@ def run_measure(
     return doc
 
 
-def _measure_function(measure: str) -> Callable[..., dict[str, Any]]:
-    return {"hessian": hessian, "adaptive_average": adaptive_average,
-            "adaptive_worst": adaptive_worst}[measure]  # fmt: skip
+def _clips(
+    store: Store, ckpt: dict[str, Any], selection: str, split: str, clips: int | None
+) -> tuple[Clips, int]:
+    if selection == "landscape":
+        return surface_clips(store, ckpt, split, clips), derive_seed(ckpt["run"], "subset")
+    subset_seed = derive_seed(ckpt["run"], SUBSET_PURPOSE)
+    return load_clips(store, ckpt["train_clips"], clips, subset_seed), subset_seed
+
+
+def _initial_weights(ckpt: dict[str, Any], model_path: str | Path, log) -> tuple[Any, dict]:
+    """The weights training started from, regenerated from the run's "init" seed (global RNG
+    left as it was) and checked against model.pt's `init_sha256` when it has one."""
+    with torch.random.fork_rng(devices=[]):
+        model = initial_model(ckpt["arch"], run=ckpt["run"], n_classes=ckpt["n_classes"],
+                              width=ckpt["width"], n_mels=ckpt["n_mels"])  # fmt: skip
+    digest = weights_digest(model)
+    recorded = ckpt.get("init_sha256")
+    if recorded is not None and recorded != digest:
+        raise ValueError(f"{model_path}: init_sha256 differs from the regenerated initial "
+                         "weights (trained by another version of build_model?)")  # fmt: skip
+    if recorded is None:
+        log.warning("%s: no init_sha256 (older model file): initial weights unverified",
+                    model_path)  # fmt: skip
+    return model.eval(), {"sha256": digest, "verified": recorded is not None}

@@ -199,6 +199,12 @@ def check_data(x: Tensor, y: Tensor, batch_size: int) -> None:
 # Resumable partial results
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a model's state dict (parameters and buffers, in order): equal iff the weights
+    are bit-identical. Training records it for the initial weights (model.pt `init_sha256`)."""
+    return _digest(list(model.state_dict().values()))
+
+
 def _digest(tensors: Sequence[Tensor]) -> str:
     """sha256 over dtype, shape and bytes of each tensor: equal iff bit-identical."""
     h = hashlib.sha256()

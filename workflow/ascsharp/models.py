@@ -216,3 +216,15 @@ def load_pretrained(model: nn.Module, checkpoint: dict[str, Any]) -> list[str]:
         raise ValueError(f"checkpoint lacks key {missing[0]!r}")
     model.load_state_dict(renamed, strict=False)
     return unused
+
+
+def initial_model(arch: str, *, run: str, n_classes: int, width: float, n_mels: int) -> nn.Module:
+    """The weights training starts `run` from: build_model after seeding torch's global RNG with
+    derive_seed(run, "init") (on the CPU, whatever device training uses). Training calls this,
+    and the distance-from-initialisation measure calls it again (inside torch.random.fork_rng)
+    instead of storing a second copy of every model; model.pt's `init_sha256` proves they agree.
+    """
+    from .seeds import derive_seed
+
+    torch.manual_seed(derive_seed(run, "init"))
+    return build_model(arch, n_classes=n_classes, width=width, n_mels=n_mels)

@@ -43,7 +43,16 @@ MEASURE_COLUMNS = {
     "hessian": {"lambda_max": "hessian_lambda_max", "trace": "hessian_trace"},
     "adaptive_average": {"adaptive_average": "adaptive_average", "average": "plain_average"},
     "adaptive_worst": {"adaptive_worst": "adaptive_worst", "worst": "plain_worst"},
-}
+    "pacbayes": {"pacbayes_flatness": "pacbayes_flatness",
+                 "pacbayes_magnitude_flatness": "pacbayes_magnitude_flatness"},
+    "norms": {"log_prod_frobenius": "log_prod_frobenius", "log_prod_spectral": "log_prod_spectral",
+              "path_norm": "path_norm", "distance_from_init": "distance_from_init",
+              "weight_norm": "weight_norm"},
+    "margin": {"inverse_margin": "inverse_margin"},
+}  # fmt: skip
+# Trivial baselines every measure of the ranking is compared with (Jiang et al. 2020 rank
+# measures against such baselines too): the training loss, and the l2 norm of the weights.
+BASELINES = ("train_loss", "weight_norm")
 # What the ranking compares measures on; a good measure falls with accuracy, rises with the gap.
 RANK_TARGETS = {"test_all": -1, "seen": -1, "unseen": -1, "generalisation_gap": +1}
 
@@ -208,28 +217,49 @@ def run_correlations(summary: pd.DataFrame, *, n_boot: int, seed: int) -> pd.Dat
 def rank_measures(
     summary: pd.DataFrame, *, n_boot: int, seed: int, subset: str = "headline"
 ) -> pd.DataFrame:
-    """Every measure against every RANK_TARGETS target: Kendall tau with its bootstrap interval,
-    and granulated Psi (seed held fixed) with an interval from resampling runs.
+    """Every measure (and every BASELINES column) against every RANK_TARGETS target: Kendall
+    tau with its bootstrap interval, and granulated Psi (seed held fixed) with an interval from
+    resampling runs.
 
-    `agreement` is tau signed so that larger is better (a sharper minimum should mean lower
-    accuracy and a larger gap); `rank` orders the measures by it within each target.
+    `agreement` is tau and `psi_agreement` Psi, signed so that larger is better (a sharper
+    minimum should mean lower accuracy and a larger gap); `rank` orders the measures by
+    `agreement` within each target. For each baseline b, `psi_gain_vs_<b>` is the measure's
+    signed Psi minus the baseline's, with a 95 % interval from the same resampled runs for both
+    (paired bootstrap), and `beats_<b>` says whether that interval lies above 0: the measure
+    predicts the target's ordering within groups better than the trivial baseline does.
     """
     df = subset_runs(summary, subset).replace([np.inf, -np.inf], np.nan)
     axes = [a for a in GRANULATED_AXES if a in df.columns and df[a].nunique() > 1]
+    measures = measure_columns(df)
+    measures += [b for b in BASELINES if b not in measures and b in df.columns
+                 and df[b].notna().any()]  # fmt: skip
+    baselines = [b for b in BASELINES if b in measures]
+    rng = np.random.default_rng(seed)
+    # Psi recomputes every group per resample: a few hundred resamples suffice for an interval.
+    resamples = [rng.integers(0, len(df), len(df)) for _ in range(min(n_boot, 200))]
     rows = []
     for target, sign in RANK_TARGETS.items():
         if target not in df.columns:
             continue
-        for measure in measure_columns(df):
+        psi = {m: _psi_and_boots(df, m, target, axes, resamples) for m in measures}
+        for measure in measures:
             tau = correlate(df[measure], df[target], "kendall", n_boot=n_boot, seed=seed)
-            psi, psi_low, psi_high = _psi_with_interval(df, measure, target, axes, n_boot, seed)
-            rows.append({
+            value, boots = psi[measure]
+            row = {
                 "measure": measure, "target": target, "subset": subset, "n": tau["n"],
                 "kendall_tau": tau["statistic"], "ci_low": tau["ci_low"],
-                "ci_high": tau["ci_high"], "p_value": tau["p_value"], "psi": psi,
-                "psi_ci_low": psi_low, "psi_ci_high": psi_high,
-                "agreement": sign * tau["statistic"],
-            })  # fmt: skip
+                "ci_high": tau["ci_high"], "p_value": tau["p_value"], "psi": value,
+                "psi_ci_low": _percentile(boots, 2.5), "psi_ci_high": _percentile(boots, 97.5),
+                "agreement": sign * tau["statistic"], "psi_agreement": sign * value + 0.0,
+                "baseline": measure in BASELINES,
+            }  # fmt: skip
+            for b in baselines:
+                gain = sign * (boots - psi[b][1])
+                row[f"psi_gain_vs_{b}"] = sign * (value - psi[b][0]) + 0.0  # never -0.0
+                row[f"psi_gain_vs_{b}_ci_low"] = low = _percentile(gain, 2.5)
+                row[f"psi_gain_vs_{b}_ci_high"] = _percentile(gain, 97.5)
+                row[f"beats_{b}"] = bool(low > 0)  # NaN (no interval) compares False
+            rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -237,21 +267,18 @@ def rank_measures(
     return table.sort_values(["target", "rank"], kind="stable").reset_index(drop=True)
 
 
-def _psi_with_interval(
-    df: pd.DataFrame, measure: str, target: str, axes: list[str], n_boot: int, seed: int
-) -> tuple[float, float, float]:
+def _psi_and_boots(
+    df: pd.DataFrame, measure: str, target: str, axes: list[str], resamples: list[np.ndarray]
+) -> tuple[float, np.ndarray]:
+    """Psi on the runs, and on each resample of them (NaN where undefined)."""
     if len(df) < MIN_RUNS or not axes:
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), np.full(len(resamples), np.nan)
     psi = granulated_kendall(df, measure, target, axes)["psi"]
-    rng = np.random.default_rng(seed)
-    # Psi recomputes every group per resample: a few hundred resamples suffice for an interval.
-    boots = []
-    for _ in range(min(n_boot, 200)):
-        sample = df.iloc[rng.integers(0, len(df), len(df))]
-        boots.append(granulated_kendall(sample, measure, target, axes)["psi"])
-    boots = np.asarray(boots, dtype=float)
-    boots = boots[np.isfinite(boots)]
-    if boots.size < 10:
-        return psi, float("nan"), float("nan")
-    low, high = np.percentile(boots, [2.5, 97.5])
-    return psi, float(low), float(high)
+    boots = [granulated_kendall(df.iloc[idx], measure, target, axes)["psi"] for idx in resamples]
+    return psi, np.asarray(boots, dtype=float)
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    """A percentile of the finite resampled values; NaN with fewer than 10 of them."""
+    finite = values[np.isfinite(values)]
+    return float(np.percentile(finite, q)) if finite.size >= 10 else float("nan")

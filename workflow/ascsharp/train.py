@@ -21,8 +21,9 @@ from . import checkpoint
 from .data import Clips, Store, load_split
 from .evaluate import autocast, breakdown, loss_and_accuracy, pick_device, predict
 from .io import atomic_path, provenance, write_json, write_table
+from .measures import weights_digest
 from .meta import SCENES
-from .models import build_model
+from .models import initial_model
 from .optim import make_stepper
 from .progress import Progress, get_logger
 from .runs import parse_run_id
@@ -132,10 +133,11 @@ def train(
     )
 
     hp = job.hyperparameters
-    torch.manual_seed(derive_seed(run, "init"))
-    model = build_model(
-        hp["arch"], n_classes=len(SCENES), width=settings.width, n_mels=fit.x.shape[1]
-    ).to(device)
+    model = initial_model(
+        hp["arch"], run=run, n_classes=len(SCENES), width=settings.width, n_mels=fit.x.shape[1]
+    )
+    init_sha256 = weights_digest(model)  # the measure distance_from_init checks it
+    model = model.to(device)
     stepper = make_stepper(hp["optimizer"], model, hp["lr"], seed=derive_seed(run, "optimizer"))
 
     resume_file = job.files.resume
@@ -174,7 +176,7 @@ def train(
             recorder.record(epoch, model)
         _save_resume(resume_file, resume_key, job, model, stepper, state)
 
-    metrics = _finish(job, model, state, log)
+    metrics = _finish(job, model, state, log, init_sha256)
     if recorder:
         recorder.finish(state.epoch)
     return metrics
@@ -306,7 +308,7 @@ def _save_resume(path: Path, key: str, job: Job, model, stepper, state: TrainSta
         )
 
 
-def _finish(job: Job, model, state: TrainState, log) -> dict[str, Any]:
+def _finish(job: Job, model, state: TrainState, log, init_sha256: str) -> dict[str, Any]:
     """Evaluate the selected epoch's weights and write model.pt, history.tsv and metrics.json."""
     settings, fit, select, test, paper = job.settings, job.fit, job.select, job.test, job.paper
     run, hp, history = job.run, job.hyperparameters, state.history
@@ -360,6 +362,7 @@ def _finish(job: Job, model, state: TrainState, log) -> dict[str, Any]:
             "train_settings": asdict(settings),
             # The landscape is the mean loss over exactly these clips (fold1_train or its part).
             "train_clips": fit.table["filename"].tolist(),
+            "init_sha256": init_sha256,
             "features": job.feature_settings,
             "provenance": metrics["provenance"],
         },

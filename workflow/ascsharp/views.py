@@ -15,7 +15,7 @@ statistics stay at the final epoch's on the whole plane, as the landscape keeps 
 
 Both evaluate the landscape's own loss (landscape.evaluate_points / the same folding of BN into
 the convolutions and summed cross-entropy) on the landscape's clips of the run
-(landscape.landscape_clips). Training stores what the PCA needs (TrajectoryRecorder) only when
+(landscape.surface_clips). Training stores what the PCA needs (TrajectoryRecorder) only when
 asked to (config views.trajectory.enabled).
 """
 
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .evaluate import loss_and_accuracy, pick_device, predict
 from .io import atomic_path, provenance, read_partial, write_json, write_partial
-from .landscape import evaluate_points, fingerprint, forward_precision, landscape_clips
+from .landscape import evaluate_points, fingerprint, forward_precision, surface_clips
 from .models import PannsCnn, fold_batchnorm, refold_
 from .progress import Progress, get_logger
 from .surface import Grid, write_surface
@@ -233,7 +233,7 @@ def interpolation_job(
             raise ValueError(f"{model_a} and {model_b}: {key} {ckpt_a[key]!r} != {ckpt_b[key]!r}")
     if split == "train" and sorted(ckpt_a["train_clips"]) != sorted(ckpt_b["train_clips"]):
         raise ValueError(f"{model_a} and {model_b} were trained on different clips")
-    data = landscape_clips(store, ckpt_a, split, clips)
+    data = surface_clips(store, ckpt_a, split, clips)
     out = Path(out)
     partial = out.with_name(out.name + ".partial.json")
     log.info("%s -> %s: %d alphas on %d %s clips, BN statistics %s, on %s", ckpt_a["run"],
@@ -504,7 +504,7 @@ def trajectory_plane_job(
     net.load_state_dict(traj.state(centre))
     names = [name for name, _ in net.named_parameters()]
     dx, dy = (traj.unflatten(c) for c in components)
-    data = landscape_clips(store, ckpt, split, clips)
+    data = surface_clips(store, ckpt, split, clips)
     grid = plane_grid(path, num, margin)
     out = Path(out)
     results = evaluate_points(

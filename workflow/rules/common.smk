@@ -198,17 +198,27 @@ def features_memory_mb(wildcards, attempt):
 
 
 MEASURES = config["measures"]
+# Every measure block of the config (each has `enabled`); the names are ascsharp's MEASURES.
 MEASURE_NAMES = [
     name
-    for name in ("hessian", "adaptive_average", "adaptive_worst")
-    if MEASURES[name]["enabled"]
+    for name, block in MEASURES.items()
+    if isinstance(block, dict) and block["enabled"]
 ]
+# Which clips the measures use (measures.clips): the landscape's own (its split, count and
+# seeded selection) or a selection of the model's training clips for the measures alone.
+MEASURE_SELECTION = "landscape" if MEASURES["clips"] == "landscape" else "measures"
+MEASURE_SPLIT = LAND["split"] if MEASURE_SELECTION == "landscape" else "train"
+MEASURE_CLIPS = LAND["clips"] if MEASURE_SELECTION == "landscape" else MEASURES["clips"]
 # Passes over a measure's clips per job (paper settings: ~150 Hessian-vector products of 9
-# forward passes each, 101 forward passes, 63 gradient passes of 3 each), in forward passes.
+# forward passes each, 101 forward passes, 63 gradient passes of 3 each, 2 x 15 x 10 forward
+# passes, one forward pass), in forward passes.
 MEASURE_FORWARD_PASSES = {
     "hessian": 1400,
     "adaptive_average": 110,
     "adaptive_worst": 200,
+    "pacbayes": 310,
+    "norms": 1,
+    "margin": 1,
 }
 
 
@@ -228,15 +238,17 @@ def measure_options(wildcards):
     )
 
 
-def measure_batch_size(wildcards):
-    """Clips per chunk of a measure job: memory and speed only, so a resource."""
-    return MEASURES[wildcards.measure]["batch_size"]
+def measure_batch_option(wildcards):
+    """`--batch-size N` (clips per chunk) of a measure that reads clips in chunks: memory and
+    speed only, so a resource; empty for a measure without one (norms read no clips)."""
+    size = MEASURES[wildcards.measure].get("batch_size")
+    return f"--batch-size {size}" if size else ""
 
 
 def measure_runtime(wildcards, attempt):
     """Minutes: the measure's forward-pass equivalents over its clips, at a landscape point's
     per-clip rate (a grid point is one forward pass over all training clips)."""
-    clips = MEASURES["clips"] or PAPER_TRAIN_CLIPS
+    clips = MEASURE_CLIPS or PAPER_TRAIN_CLIPS
     share = min(1.0, clips / PAPER_TRAIN_CLIPS)
     point = LANDSCAPE_POINT_MINUTES[_arch(wildcards)] * CLIP_SCALE * share
     return attempt * math.ceil(MEASURE_FORWARD_PASSES[wildcards.measure] * point + 5)

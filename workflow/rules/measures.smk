@@ -1,12 +1,14 @@
-# Measures beyond the study's sharpness: one job per (run, measure) on a fixed selection of the
-# model's training clips; a killed job resumes from results/measures/{run}/{measure}.json.partial.json.
+# Measures beyond the study's sharpness: one job per (run, measure) on the clips of the run's
+# landscape (or a selection of its training clips, measures.clips); a killed job resumes from
+# results/measures/{run}/{measure}.json.partial.json.
 
 
 rule measure:
     input:
         model="results/models/{run}/model.pt",
-        npy="results/features/train.npy",
-        tsv="results/features/train.tsv",
+        # The store that holds the measures' clips (the landscape's split, or train).
+        npy=f"results/features/{MEASURE_SPLIT}.npy",
+        tsv=f"results/features/{MEASURE_SPLIT}.tsv",
     output:
         measure="results/measures/{run}/{measure}.json",
     log:
@@ -19,14 +21,17 @@ rule measure:
         runtime=measure_runtime,
         mem_mb=memory_mb,
         # Memory and speed only: reruns nothing (common.smk).
-        batch_size=measure_batch_size,
+        batch_option=measure_batch_option,
     params:
         options=measure_options,
-        clips=MEASURES["clips"] or "all",
+        selection=MEASURE_SELECTION,
+        split=MEASURE_SPLIT,
+        clips=MEASURE_CLIPS or "all",
         seed=MEASURES["seed"],
     shell:
         "ascsharp measure --measure {wildcards.measure} --model {input.model}"
-        " --features-npy {input.npy} --features-tsv {input.tsv} --clips {params.clips}"
-        " --seed {params.seed} {params.options} --batch-size {resources.batch_size}"
+        " --features-npy {input.npy} --features-tsv {input.tsv} --selection {params.selection}"
+        " --split {params.split} --clips {params.clips}"
+        " --seed {params.seed} {params.options} {resources.batch_option}"
         " --threads {threads} --out {output.measure}"
         " 2> {log}"
