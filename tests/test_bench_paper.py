@@ -24,5 +24,7 @@ def test_preset_units_by_hand():
     assert u["refine"] == {"cnn10": 30 * 3 * 20, "cnn14": 16 * 3 * 20}
     assert u["hessian"] == {"cnn10": 30 * (60 + 100), "cnn14": 16 * (60 + 100)}
     assert u["adaptive_average"] == {"cnn10": 30 * 101, "cnn14": 16 * 101}  # + the unperturbed
-    # 2048 / 128 = 16 batches x 3 restarts x 20 steps, one gradient each
-    assert u["adaptive_worst"] == {"cnn10": 30 * 16 * 3 * 20, "cnn14": 16 * 16 * 3 * 20}
+    # 2048 / 128 = 16 batches x 1 start (the reference search) x 20 steps, one gradient each
+    assert u["adaptive_worst"] == {"cnn10": 30 * 16 * 1 * 20, "cnn14": 16 * 16 * 1 * 20}
+    # 2 variants x 15 bisection steps x 10 draws + the unperturbed accuracy
+    assert u["pacbayes"] == {"cnn10": 30 * (2 * 15 * 10 + 1), "cnn14": 16 * (2 * 15 * 10 + 1)}

@@ -23,11 +23,21 @@ import numpy as np
 import pytest
 from workflow_run import ROOT, TINY, copy_project, env
 
+from ascsharp.measure_job import MEASURES
+
 SLURM_SCRIPTS = ROOT.parent / "shared" / "slurm"
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
 SLOW_SHARD = f"results/landscapes/{RUN}/direction_seed~42/shard~1.npz"
 # Every heavy job goes through sbatch; two shard jobs run twice (cancelled, timed out).
-SUBMITTED_RULES = {"features": 2, "train": 4, "landscape_shard": 8 + 2, "measure": 4 * 3}
+# Per rule: jobs of the tiny config (4 runs, every measure, 4 interpolation pairs, trajectories).
+SUBMITTED_RULES = {
+    "features": 2,
+    "train": 4,
+    "landscape_shard": 8 + 2,
+    "measure": 4 * len(MEASURES),
+    "interpolate": 4,
+    "trajectory_plane": 4,
+}
 # Seconds after its job's start at which the slow shard starts its real work: past the first
 # attempt's limit (1 minute, enforced within Slurm's 30-s check period, so by 90 s), well within
 # the retry's 2 minutes.

@@ -293,7 +293,7 @@ def test_tiny_workflow_produces_every_output(tiny_run):
             assert (tiny_run / path).with_suffix(suffix).stat().st_size > 1000, path
     for path in REPORT_PAGES:
         text = (tiny_run / path).read_text()
-        assert "</table>" in text or "Plotly.newPlot" in text, path
+        assert "</table>" in text or "Plotly.react" in text, path
     twins = pd.read_csv(tiny_run / "results/analysis/paper_comparison.tsv", sep="\t")
     assert sorted(twins["run"]) == sorted(summary["run"]) and twins["paper_id"].notna().all()
     # Every measure of every run: a summary column and rows of the correlations and the ranking.

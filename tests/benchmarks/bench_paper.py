@@ -10,8 +10,8 @@ frames, for a CPU in CI):
 - landscape: grid points of one evaluate_points call (after its first point, which pays the
   start-up), at every precision available here, eager and, on CUDA, compiled;
 - hessian: one Hessian-vector product (curvlinops, IEEE float32 as the measure job runs it);
-- adaptive_average: one forward over the clips; adaptive_worst: one ascent step (gradient over
-  m clips).
+- adaptive_average and pacbayes: one forward over the clips; adaptive_worst: one ascent step
+  (gradient over m clips). (norms and margin cost one forward pass at most: left out.)
 
 Per stage it prints the measured seconds per unit, the FLOPs of the unit, the fraction of the
 GEMM rate measured in the same run at the precision used, the units that the paper preset needs
@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "workflow" / "presets" / "paper.yaml"
 # The landscape last: its compilations take most of the time; a time limit (SIGINT) then cuts
 # it short and the summary still prints what was measured.
-STAGES = ("train", "hessian", "adaptive_average", "adaptive_worst", "landscape")
+STAGES = ("train", "hessian", "adaptive_average", "adaptive_worst", "pacbayes", "landscape")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -91,7 +91,9 @@ def preset_units(config: dict[str, Any], lanczos_hvps: int, refined_points: int)
     all surfaces, refine: IEEE points re-evaluated (refined_points per surface, an assumption
     stated by the caller); hessian: HVPs (Lanczos: `lanczos_hvps`, an assumption: ARPACK's count
     depends on the spectrum; plus one per Hutchinson vector); adaptive_average: forwards over the
-    measure's clips; adaptive_worst: gradients over m clips.
+    measure's clips; adaptive_worst: gradients over m clips; pacbayes: forwards over the clips
+    (two variants x depth bisection steps x samples draws, plus the unperturbed accuracy: the
+    most its search takes).
     """
     runs = expand_grid(config["grid"])
     epochs = config["train"]["epochs"]
@@ -103,9 +105,10 @@ def preset_units(config: dict[str, Any], lanczos_hvps: int, refined_points: int)
     measure_clips = meas["clips"] or PAPER_CLIPS
     by_arch = runs.groupby("arch").size()
     avg, worst, hess = meas["adaptive_average"], meas["adaptive_worst"], meas["hessian"]
+    pac = meas["pacbayes"]
     worst_batches = -(-measure_clips // worst["m"]) if worst["m"] else 1
-    on = {name: bool(meas[name]["enabled"]) for name in ("hessian", "adaptive_average",
-                                                          "adaptive_worst")}  # fmt: skip
+    measures = ("hessian", "adaptive_average", "adaptive_worst", "pacbayes")
+    on = {name: bool(meas[name]["enabled"]) for name in measures}
     return {
         "runs": len(runs),
         "surfaces": surfaces,
@@ -128,6 +131,10 @@ def preset_units(config: dict[str, Any], lanczos_hvps: int, refined_points: int)
         },  # fmt: skip
         "adaptive_worst": {
             a: int(n) * worst_batches * worst["restarts"] * worst["steps"] * on["adaptive_worst"]
+            for a, n in by_arch.items()
+        },
+        "pacbayes": {
+            a: int(n) * (2 * pac["depth"] * pac["samples"] + 1) * on["pacbayes"]
             for a, n in by_arch.items()
         },
     }
@@ -312,11 +319,11 @@ class Bench:
                 backward, per, what = True, total / n, f"HVP over {total} clips"
                 # forward-over-reverse: about two gradients' FLOPs (an estimate)
                 flops_clip = 2 * model_flops(arch, self.width, self.frames, True)
-            elif stage == "adaptive_average":
+            elif stage in ("adaptive_average", "pacbayes"):
                 n = 512 if self.cuda else 8
                 x, y = self.clips(n)
 
-                batch = meas["adaptive_average"]["batch_size"]
+                batch = meas[stage]["batch_size"]
                 run = functools.partial(mean_loss, model, x, y, batch, Cost())
                 backward, per, what = False, total / n, f"forward over {total} clips"
                 flops_clip = model_flops(arch, self.width, self.frames, False)
@@ -348,7 +355,7 @@ class Bench:
             return sum(r.hours for r in rows) if rows else float("nan")
 
         train = hours("train epoch") + hours("select (epoch)")
-        meas = sum(hours(s) for s in ("hessian", "adaptive_average", "adaptive_worst"))
+        meas = sum(hours(s) for s in ("hessian", "adaptive_average", "adaptive_worst", "pacbayes"))
         land_default = self.config["landscape"]["precision"]
         compiled = self.cuda and self.config["landscape"]["compile"]
         default = f"{land_default}{' compiled' if compiled else ''}"
@@ -357,7 +364,7 @@ class Bench:
               f" Lanczos HVPs assumed {self.args.lanczos_hvps}, refined points per surface "
               f"assumed {self.args.refined_points}){size}; device-hours, extrapolated")  # fmt: skip
         print(f"train (all configurations + per-epoch selection): {train:8.2f} h")
-        print(f"measures (hessian + adaptive):                     {meas:8.2f} h")
+        print(f"measures (hessian, adaptive, pacbayes):            {meas:8.2f} h")
         lands = sorted({r.precision for r in self.rows if r.stage == "landscape point"})
         refine = hours("refine point", "float32 compiled" if compiled else "float32")
         for p in lands:
@@ -429,6 +436,7 @@ def main() -> None:
         "hessian": lambda: bench.measures("hessian"),
         "adaptive_average": lambda: bench.measures("adaptive_average"),
         "adaptive_worst": lambda: bench.measures("adaptive_worst"),
+        "pacbayes": lambda: bench.measures("pacbayes"),
     }
     failed = []
     for stage in args.only or STAGES:

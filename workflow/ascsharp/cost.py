@@ -15,7 +15,7 @@ import pandas as pd
 
 # The rules that declare `resources: gpu=1` in workflow/rules (a test keeps the two equal): their
 # wall time is device time, whatever device they ran on.
-GPU_RULES = ("landscape_shard", "measure", "train")
+GPU_RULES = ("interpolate", "landscape_shard", "measure", "train", "trajectory_plane")
 COLUMNS = ["rule", "jobs", "wall_h", "cpu_h", "gpu_h", "max_rss_mb"]
 
 

@@ -53,7 +53,8 @@ ANALYSIS_EXCLUDE = json.dumps(config["analysis"]["exclude"], sort_keys=True)
 # executor is not known yet while the Snakefile is read.
 def gpu_visible() -> bool:
     """Whether a job would see a CUDA card: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`
-    (shipped with the NVIDIA driver); read without importing torch (seconds per parse)."""
+    (shipped with the NVIDIA driver); read without importing torch (seconds per parse).
+    """
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         first = visible.split(",")[0].strip()
