@@ -273,6 +273,8 @@ class Bench:
         variants = [(p, False) for p in precisions] + [(p, True) for p in compiled]
         stamps = PointStamps()
         for arch, units in self.units["landscape"].items():
+            if self.args.archs and arch not in self.args.archs:
+                continue
             model = self.model(arch).eval()
             x, y = self.clips(n)
             from ascsharp.landscape import make_directions
@@ -305,7 +307,7 @@ class Bench:
         meas = self.config["measures"]
         total = self.units["measure_clips"]
         for arch, units in self.units[stage].items():
-            if not units:
+            if not units or (self.args.archs and arch not in self.args.archs):
                 continue
             model = self.model(arch).eval()
             params = [p for p in model.parameters() if p.requires_grad]
@@ -387,7 +389,7 @@ def main() -> None:
     ap.add_argument("--reduced", action="store_true", help="width 1/8, 100 frames (CPU, CI)")
     ap.add_argument("--preset", type=Path, default=PRESET)
     ap.add_argument("--only", choices=STAGES, nargs="+", default=None)
-    ap.add_argument("--archs", nargs="+", default=None)
+    ap.add_argument("--archs", nargs="+", default=None, help="only these architectures")
     ap.add_argument("--optimizers", nargs="+", default=None)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     ap.add_argument("--sam", action="store_true", help="also time SAM (not in the preset)")
