@@ -28,17 +28,17 @@ import soundfile as sf
 import yaml
 from conftest import write_feature_store
 from defaults import mel_config, train_settings
+from test_train import train_files
 
 import ascsharp.train as train_module
 from ascsharp import cli, download
 from ascsharp.config import ConfigError, validate_config
-from ascsharp.data import Store
 from ascsharp.features import extract_store, load_audio
 from ascsharp.io import atomic_path, read_partial, write_partial
 from ascsharp.meta import DatasetError, validate_dataset
 from ascsharp.surface import Grid, gather, read_surface, write_shard
 from ascsharp.synth import generate_dataset
-from ascsharp.train import RESUME_FILE, TrainFiles, train
+from ascsharp.train import RESUME_FILE, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "arch~cnn10/optimizer~adam/lr~0.001/batch_size~16/seed~42"
@@ -47,17 +47,6 @@ SMALL = dict(audio_sample_rate=8000, clip_seconds=0.5, cities=2, locations_per_c
 
 
 # --- training resume ---------------------------------------------------------------------------
-def _files(features: Path, out: Path) -> TrainFiles:
-    return TrainFiles(
-        train=Store(features / "train.npy", features / "train.tsv"),
-        test=Store(features / "test.npy", features / "test.tsv"),
-        holdout=features / "validation.tsv",
-        model=out / "model.pt",
-        metrics=out / "metrics.json",
-        history=out / "history.tsv",
-    )
-
-
 def _killed_after_epoch_1(features: Path, out: Path, settings, monkeypatch) -> None:
     """What `kill -9` during epoch 2 leaves: the epoch-1 checkpoint and no outputs."""
     real = train_module._train_epoch
@@ -69,7 +58,7 @@ def _killed_after_epoch_1(features: Path, out: Path, settings, monkeypatch) -> N
 
     monkeypatch.setattr(train_module, "_train_epoch", die_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train(_files(features, out), RUN, settings, {"n_mels": 16})
+        train(train_files(features, out), RUN, settings, {"n_mels": 16})
     monkeypatch.undo()
     assert (out / RESUME_FILE).exists() and not (out / "model.pt").exists()
 
@@ -108,11 +97,11 @@ def test_killed_training_never_resumes_on_other_inputs(tmp_path, monkeypatch, ch
     _killed_after_epoch_1(a, out, settings, monkeypatch)
 
     epochs = _trained_epochs(monkeypatch)
-    train(_files(b, out), RUN, settings, mel)
+    train(train_files(b, out), RUN, settings, mel)
     assert epochs == [1, 2]  # the checkpoint was discarded, not resumed
     assert not (out / RESUME_FILE).exists()
     monkeypatch.undo()
-    train(_files(b, tmp_path / "clean"), RUN, settings, mel)
+    train(train_files(b, tmp_path / "clean"), RUN, settings, mel)
     got = pd.read_csv(out / "history.tsv", sep="\t")[HISTORY]
     clean = pd.read_csv(tmp_path / "clean" / "history.tsv", sep="\t")[HISTORY]
     pd.testing.assert_frame_equal(got, clean)
@@ -125,7 +114,7 @@ def test_killed_training_resumes_on_the_same_inputs(tmp_path, monkeypatch):
     a = write_feature_store(tmp_path / "a", seed=0)
     _killed_after_epoch_1(a, tmp_path / "out", settings, monkeypatch)
     epochs = _trained_epochs(monkeypatch)
-    train(_files(a, tmp_path / "out"), RUN, replace(settings, epochs=3), {"n_mels": 16})
+    train(train_files(a, tmp_path / "out"), RUN, replace(settings, epochs=3), {"n_mels": 16})
     assert epochs == [2, 3]
 
 

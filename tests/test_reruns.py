@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from workflow_run import ROOT, TINY, copy_project, env, snakemake
+from workflow_run import ROOT, TINY, copy_project, env, fake_dataset, snakemake
 
 from ascsharp.config import load_schema, schema_defaults, validate_config
 from ascsharp.measure_job import MEASURES
@@ -271,7 +271,7 @@ def project(tmp_path_factory) -> Path:
     """A copy of the project with a fake DCASE2020 folder (dcase/, named in my-data.yaml), for
     the tests that only read it (dry runs, the effective config)."""
     work = copy_project(tmp_path_factory.mktemp("project"))
-    data = _fake_dataset(work / "dcase")
+    data = fake_dataset(work / "dcase")
     (work / "my-data.yaml").write_text(f"dataset:\n  root: {data}\n")
     return work
 
@@ -357,14 +357,6 @@ def test_the_demo_runs_without_a_configfile_and_equals_it_given_once_or_twice(pr
     assert plain == _merged(work / "config.yaml")
     assert inspect(work, configfiles=["config.yaml"])["config"] == plain
     assert inspect(work, configfiles=["config.yaml", "config.yaml"])["config"] == plain
-
-
-def _fake_dataset(root: Path) -> Path:
-    (root / "evaluation_setup").mkdir(parents=True)
-    for name in ("meta.csv", "evaluation_setup/fold1_train.csv",
-                 "evaluation_setup/fold1_evaluate.csv"):  # fmt: skip
-        (root / name).write_text("filename\tscene_label\n")
-    return root
 
 
 def test_paper_preset_measures_run_with_the_schemas_settings(project):

@@ -19,7 +19,16 @@ import pandas as pd
 import pytest
 import yaml
 from pytest import approx
-from workflow_run import GOLDEN, ROOT, TINY, copy_project, env, result_numbers, snakemake
+from workflow_run import (
+    GOLDEN,
+    ROOT,
+    TINY,
+    copy_project,
+    env,
+    fake_dataset,
+    result_numbers,
+    snakemake,
+)
 
 from ascsharp.correlation import TABLE_COLUMNS
 
@@ -118,18 +127,9 @@ def test_default_dry_run_lists_the_dag(tmp_path):
     ]  # fmt: skip
 
 
-def _fake_dataset(root: Path) -> Path:
-    """The files that define a DCASE2020 folder (a dry run reads no audio)."""
-    (root / "evaluation_setup").mkdir(parents=True)
-    for name in ("meta.csv", "evaluation_setup/fold1_train.csv",
-                 "evaluation_setup/fold1_evaluate.csv"):  # fmt: skip
-        (root / name).write_text("filename\tscene_label\n")
-    return root
-
-
 def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
     work = copy_project(tmp_path)
-    data = _fake_dataset(work / "dcase")
+    data = fake_dataset(work / "dcase")
     out = snakemake(work, "-n", "--configfile", "workflow/presets/paper.yaml",
                     "--config", f"dataset={{'root': '{data}'}}")  # fmt: skip
     counts = _job_counts(out)
@@ -195,7 +195,7 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
     commands = _readme_cluster_commands()
     assert len(commands) >= 3
     work = copy_project(tmp_path)
-    data = _fake_dataset(work / "dcase")
+    data = fake_dataset(work / "dcase")
     (work / "my-data.yaml").write_text(f"dataset:\n  root: {data}\n")
     # Feature stores of the paper's size (sparse), older than the data: features reruns, and
     # the memory of the jobs that load them is computed in the dry run.

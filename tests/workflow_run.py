@@ -32,6 +32,15 @@ def copy_project(dest: Path) -> Path:
 PINNED_CPU_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
+def fake_dataset(root: Path) -> Path:
+    """The files that define a DCASE2020 folder (a dry run reads no audio)."""
+    (root / "evaluation_setup").mkdir(parents=True)
+    for name in ("meta.csv", "evaluation_setup/fold1_train.csv",
+                 "evaluation_setup/fold1_evaluate.csv"):  # fmt: skip
+        (root / name).write_text("filename\tscene_label\n")
+    return root
+
+
 def env() -> dict[str, str]:
     """The environment of a user who activated the venv (`ascsharp` and `snakemake` on PATH),
     with torch's CPU kernels pinned to AVX2 on x86-64 (PINNED_CPU_ISA)."""
