@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ascsharp.meta import SCENES, clip_table
+from ascsharp.data.meta import SCENES, clip_table
 
 N_MELS, FRAMES = 16, 24
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "data" / "tiny.yaml"
+TINY = ROOT / "tests" / "fixtures" / "tiny.yaml"
 PROJECT_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "slurm")
 
 
@@ -63,7 +63,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200, check: bool = True
 
 
 # --- Golden numbers: the tiny workflow's results, recorded before a refactor -----------------
-GOLDEN = ROOT / "tests" / "data" / "tiny_golden.json"
+GOLDEN = ROOT / "tests" / "fixtures" / "tiny_golden.json"
 # Of each sharpness variant: the value and what it is made of (the rest is settings).
 SHARPNESS_KEYS = ("sharpness", "reference_loss", "max_loss", "points")
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ascsharp.landscape import PRECISIONS, forward_precision
+from ascsharp.train.evaluate import PRECISIONS, forward_precision
 
 # The real training split (fold1_train of TAU Urban Acoustic Scenes 2020 Mobile, development)
 # and its clips' length in frames (10 s at 16 kHz, hop 160, centred STFT).
@@ -65,7 +65,7 @@ def model_flops(arch: str, width: float, frames: int, backward: bool) -> int:
     no memory, no compute, so also for sizes that this machine could not run."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ascsharp.models import build_model
+    from ascsharp.train.models import build_model
 
     with torch.device("meta"):
         model = build_model(arch, n_classes=10, width=width, n_mels=64).train(backward)

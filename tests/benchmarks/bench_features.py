@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ascsharp.config import schema_defaults
-from ascsharp.features import MelConfig, extract_store
-from ascsharp.meta import clip_table
+from ascsharp.core.config import schema_defaults
+from ascsharp.data.meta import clip_table
+from ascsharp.features.mel import MelConfig, extract_store
 
 REAL_CLIPS = 16_930
 

@@ -41,8 +41,10 @@ from bench_common import (  # noqa: E402
     time_call,
 )
 
-from ascsharp.landscape import PRECISIONS, evaluate_points, make_directions
-from ascsharp.surface import Grid
+from ascsharp.core.surface import Grid
+from ascsharp.landscape.compute import evaluate_points
+from ascsharp.landscape.directions import make_directions
+from ascsharp.train.evaluate import PRECISIONS
 
 
 class TinyStandIn(nn.Module):
@@ -118,7 +120,7 @@ def naive_points(model, dx, dy, table, grid, indices, batch_size, workers, devic
 
 def build(name: str, n_mels: int) -> nn.Module:
     if name == "cnn10":
-        from ascsharp.models import build_model
+        from ascsharp.train.models import build_model
 
         return build_model("cnn10", n_classes=10, width=0.125, n_mels=n_mels)
     return TinyStandIn(n_mels)
@@ -201,7 +203,7 @@ def naive_main(argv: list[str]) -> None:
 
 
 def peak_main(argv: list[str]) -> None:
-    from ascsharp.models import build_model
+    from ascsharp.train.models import build_model
 
     ap = argparse.ArgumentParser(description="fraction of peak of the landscape forward")
     ap.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0])

@@ -55,13 +55,14 @@ from bench_common import (  # noqa: E402
 )
 from bench_train import epoch_job  # noqa: E402
 
-from ascsharp.config import schema_defaults  # noqa: E402
-from ascsharp.landscape import PRECISIONS, evaluate_points, forward_precision  # noqa: E402
-from ascsharp.models import build_model  # noqa: E402
-from ascsharp.optim import make_stepper  # noqa: E402
-from ascsharp.runs import expand_grid  # noqa: E402
-from ascsharp.surface import Grid  # noqa: E402
-from ascsharp.train import _train_epoch, batch_count  # noqa: E402
+from ascsharp.core.config import schema_defaults  # noqa: E402
+from ascsharp.core.runs import expand_grid  # noqa: E402
+from ascsharp.core.surface import Grid  # noqa: E402
+from ascsharp.landscape.compute import evaluate_points
+from ascsharp.train.evaluate import PRECISIONS, forward_precision
+from ascsharp.train.loop import _train_epoch, batch_count  # noqa: E402
+from ascsharp.train.models import build_model  # noqa: E402
+from ascsharp.train.optim import make_stepper  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "workflow" / "presets" / "paper.yaml"
@@ -277,7 +278,7 @@ class Bench:
                 continue
             model = self.model(arch).eval()
             x, y = self.clips(n)
-            from ascsharp.landscape import make_directions
+            from ascsharp.landscape.directions import make_directions
 
             dx, dy = make_directions(model, "bench", 0)
             flops = model_flops(arch, self.width, self.frames, False) * PAPER_CLIPS
@@ -301,8 +302,8 @@ class Bench:
                                  self.scale(arch, False)))  # fmt: skip
 
     def measures(self, stage: str) -> None:
-        from ascsharp.curvature import hessian_operator
-        from ascsharp.measures import Cost, loss_and_gradient, mean_loss
+        from ascsharp.measures.common import Cost, loss_and_gradient, mean_loss
+        from ascsharp.measures.curvature import hessian_operator
 
         meas = self.config["measures"]
         total = self.units["measure_clips"]

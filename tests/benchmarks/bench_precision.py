@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ascsharp.checkpoint import load_model
-from ascsharp.data import Store, load_clips
-from ascsharp.landscape import evaluate_points, make_directions
-from ascsharp.seeds import derive_seed
-from ascsharp.sharpness import PAPER, sharpness
-from ascsharp.surface import Grid
+from ascsharp.core.seeds import derive_seed
+from ascsharp.core.surface import Grid
+from ascsharp.features.clips import Store, load_clips
+from ascsharp.landscape.compute import evaluate_points
+from ascsharp.landscape.directions import make_directions
+from ascsharp.landscape.sharpness import PAPER, sharpness
+from ascsharp.train.checkpoint import load_model
 
 
 def main() -> None:

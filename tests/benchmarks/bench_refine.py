@@ -25,16 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import PAPER_FRAMES, quiet_logger, sync  # noqa: E402
 
-from ascsharp.landscape import (  # noqa: E402
-    REFINE_RTOL,
-    evaluate_points,
-    make_directions,
-    refine_surface,
-)
-from ascsharp.models import build_model  # noqa: E402
-from ascsharp.optim import make_stepper  # noqa: E402
-from ascsharp.sharpness import PAPER, REFERENCES, REGIONS, sharpness  # noqa: E402
-from ascsharp.surface import Grid  # noqa: E402
+from ascsharp.core.surface import Grid  # noqa: E402
+from ascsharp.landscape.compute import REFINE_RTOL, evaluate_points, refine_surface
+from ascsharp.landscape.directions import make_directions
+from ascsharp.landscape.sharpness import PAPER, REFERENCES, REGIONS, sharpness
+from ascsharp.train.models import build_model  # noqa: E402
+from ascsharp.train.optim import make_stepper  # noqa: E402
 
 GRID = Grid(-0.25, 0.25, 11, -0.25, 0.25, 11)
 

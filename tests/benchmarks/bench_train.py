@@ -31,15 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import PAPER_CLIPS, PAPER_FRAMES, gemm_rate, quiet_logger, time_call  # noqa: E402
 from bench_landscape import NpyClips, build, dispatch, write_clip_files  # noqa: E402
 
-from ascsharp.data import Clips, Store  # noqa: E402
-from ascsharp.optim import make_stepper  # noqa: E402
-from ascsharp.train import Job, TrainFiles, TrainSettings, _train_epoch  # noqa: E402
+from ascsharp.features.clips import Clips, Store  # noqa: E402
+from ascsharp.train.loop import Job, TrainFiles, TrainSettings, _train_epoch  # noqa: E402
+from ascsharp.train.optim import make_stepper  # noqa: E402
 
 
 def peak_main(argv: list[str]) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ascsharp.models import build_model
+    from ascsharp.train.models import build_model
 
     ap = argparse.ArgumentParser(description="fraction of peak of the training loop")
     ap.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0])

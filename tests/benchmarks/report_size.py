@@ -37,11 +37,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "workflow"))
 
-from ascsharp import figures, report_html  # noqa: E402
-from ascsharp import summary as run_summary  # noqa: E402
+from ascsharp.analysis import (  # noqa: E402
+    figures,
+    report_html,
+)
+from ascsharp.analysis import summary as run_summary  # noqa: E402
 from ascsharp.cli import main  # noqa: E402
-from ascsharp.meta import DEVICES  # noqa: E402
-from ascsharp.runs import expand_grid, run_id  # noqa: E402
+from ascsharp.core import plotting  # noqa: E402
+from ascsharp.core.runs import expand_grid, run_id  # noqa: E402
+from ascsharp.data.meta import DEVICES  # noqa: E402
+from ascsharp.landscape import figures as landscape_figures  # noqa: E402
 
 SEEDS = (42, 43, 44)
 MB = 1e6
@@ -90,13 +95,13 @@ def synthetic_tree(out: Path, n: int, analysis: bool) -> list[Path]:
                 f["xcoordinates"], f["ycoordinates"], f["train_loss"] = x, y, loss
                 f.attrs["run"], f.attrs["direction_seed"] = run, seed
             svg = [folder / "contour.svg", folder / "surface3d.svg"]
-            figures.plot_surface(folder / "surface.h5", svg[:1], svg[1:], run)
+            landscape_figures.plot_surface(folder / "surface.h5", svg[:1], svg[1:], run)
             files += svg
             surfaces.append((seed, x, y, loss))
         slices = out / "landscapes" / run / "slices.svg"
-        figures.landscape_slices(surfaces, slices, radius=0.25, title=run)
+        landscape_figures.landscape_slices(surfaces, slices, radius=0.25, title=run)
         files.append(slices)
-        label = figures.run_label(hp)
+        label = plotting.run_label(hp)
         page_runs[run] = (label, surfaces)
         by_arch.setdefault(hp["arch"], []).append(({**hp, "run": run}, *surfaces[0][1:]))
         sharp = float(np.mean([loss.max() for *_, loss in surfaces]))
@@ -112,7 +117,7 @@ def synthetic_tree(out: Path, n: int, analysis: bool) -> list[Path]:
         rows.append(row)
     for arch, surfaces in by_arch.items():
         path = out / f"montage_{arch}.svg"
-        figures.landscape_montage(surfaces, path, radius=0.25, title=arch)
+        landscape_figures.landscape_montage(surfaces, path, radius=0.25, title=arch)
         files.append(path)
     page = out / "surfaces3d.html"
     report_html.surfaces_page(page_runs, page, radius=0.25, title="3-D", caption="")

@@ -25,8 +25,8 @@ part() {  # part NAME COMMAND...: run, keep its output, note a failure
 
 part gpu nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 part landscape python3 "$here/bench_landscape.py" --device cuda --widths 1.0
-part tests python3 -m pytest -q -p no:cacheprovider tests/test_landscape.py tests/test_train.py \
-    tests/test_optim.py tests/test_models.py -k "not kill_9"
+part tests python3 -m pytest -q -p no:cacheprovider tests/landscape/test_landscape.py tests/train/test_train.py \
+    tests/train/test_optim.py tests/train/test_models.py -k "not kill_9"
 part precision python3 "$here/bench_precision.py" --device cuda --results "$results" \
     --precisions tf32 bfloat16 float16
 part train python3 "$here/bench_train.py" --device cuda

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from snakemake.utils import Paramspace
 
-from ascsharp.config import ConfigError, validate_config
-from ascsharp.meta import DOWNLOAD_MARKER, FOLD_FILES, META_FILE, SYNTHETIC_MARKER
-from ascsharp.runs import RUN_PATTERN, expand_grid, parse_run_id
+from ascsharp.core.config import ConfigError, validate_config
+from ascsharp.data.meta import DOWNLOAD_MARKER, FOLD_FILES, META_FILE, SYNTHETIC_MARKER
+from ascsharp.core.runs import RUN_PATTERN, expand_grid, parse_run_id
 
 try:
     _validated = validate_config(config, source="config")

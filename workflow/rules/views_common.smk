@@ -1,6 +1,6 @@
 # Helpers of the views of Li et al. (2018) (rules in views.smk), and the trajectory output of
 # the train rule (train.smk), so included before both.
-from ascsharp.runs import interpolation_pairs
+from ascsharp.core.runs import interpolation_pairs
 
 VIEWS = config["views"]
 INTERPOLATION = VIEWS["interpolation"]
