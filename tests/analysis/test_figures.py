@@ -65,6 +65,11 @@ def tables(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame, pd.DataFrame]:
     return folder / "summary.tsv", folder / "correlations.tsv", summary, corr
 
 
+def _headline(corr: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the runs the figures show (every run of `_summary` is in `headline`)."""
+    return corr[corr["subset"] == "headline"]
+
+
 def _files(folder: Path, name: str) -> list[Path]:
     return [folder / f"{name}.png", folder / f"{name}.svg"]
 
@@ -112,8 +117,10 @@ def test_figures_command_writes_every_figure_as_png_and_svg(tables, tmp_path):
 
 
 def test_group_facets_have_a_row_per_group_and_seen_unseen_side_by_side(tables, tmp_path):
-    summary = tables[2]
-    fig = figures.group_facets(summary, "mean_sharpness", "optimizer", _files(tmp_path, "g"))
+    summary, corr = tables[2], _headline(tables[3])
+    fig = figures.group_facets(
+        summary, "mean_sharpness", "optimizer", _files(tmp_path, "g"), correlations=corr
+    )
     panels = _panels(fig)
     assert set(panels) == {
         f"optimizer={o}|{t}" for o in ("adam", "sgd") for t in ("seen", "unseen")
@@ -129,8 +136,33 @@ def test_group_facets_have_a_row_per_group_and_seen_unseen_side_by_side(tables, 
     assert adam_unseen.get_xlabel() == "sharpness (ε-disk), mean over direction seeds"
     # One point collection per architecture and the panel's own fit line.
     assert len(adam_unseen.collections) == 2 and len(adam_unseen.get_lines()) == 1
-    by_arch = figures.group_facets(summary, "mean_sharpness", "arch", _files(tmp_path, "a"))
+    by_arch = figures.group_facets(
+        summary, "mean_sharpness", "arch", _files(tmp_path, "a"), correlations=corr
+    )
     assert len(_panels(by_arch)) == 4 and _written(_files(tmp_path, "a"))
+
+
+def test_figure_titles_print_the_correlation_tables_numbers(tables, tmp_path):
+    """Figures never compute a statistic of their own: a planted value in the table is what
+    the panel says."""
+    summary, corr = tables[2], _headline(tables[3]).copy()
+    corr["statistic"] = np.where(corr["method"] == "spearman", 0.123, 0.456)
+    corr["p_value"], corr["n"] = 0.5, 99
+    fig = figures.group_facets(
+        summary, "mean_sharpness", "optimizer", _files(tmp_path, "g"), correlations=corr
+    )
+    assert "ρ = 0.123, p = 0.500 (n = 99)" in _panels(fig)["optimizer=adam|unseen"].get_title()
+    fig = figures.scatter_sharpness(
+        summary, "mean_sharpness", _files(tmp_path, "s"), correlations=corr
+    )
+    assert "r = 0.456, p = 0.500 (n = 99)" in _panels(fig)["seen"].get_title()
+    fig = figures.device_facets(summary, "mean_sharpness", _files(tmp_path, "d"), correlations=corr)
+    assert "r = 0.456" in _panels(fig)["acc_s4"].get_title()
+    with pytest.raises(ValueError, match="no pearson row for mean_sharpness against seen"):
+        figures.scatter_sharpness(
+            summary, "mean_sharpness", _files(tmp_path, "s"),
+            correlations=corr[corr["target"] != "seen"],
+        )  # fmt: skip
 
 
 def test_forest_plot_rows_headline_marks_and_adjusted_p(tables, tmp_path):
@@ -247,23 +279,35 @@ def _runs(arch: str = "cnn10") -> list[str]:
 def test_landscape_montage_one_panel_per_run_on_one_colour_scale(tmp_path):
     runs = _runs()
     paths = [_surface(tmp_path / f"s{k}.h5", run, 42, 10 * (k + 1)) for k, run in enumerate(runs)]
+    sharp = []
+    for k, path in enumerate(paths):
+        sharp.append(tmp_path / f"sharpness{k}.json")
+        assert main(["run-sharpness", str(path), "--radius", "0.25", "--out", str(sharp[-1])]) == 0
     out = _files(tmp_path, "montage")
-    assert main(["landscape-montage", *map(str, paths), "--radius", "0.25",
+    assert main(["landscape-montage", *map(str, paths), "--sharpness", *map(str, sharp),
                  "--out", *map(str, out)]) == 0  # fmt: skip
     assert _written(out)
     surfaces = [
         ({"run": r, **parse_run_id(r)}, *_read(p)) for r, p in zip(runs, paths, strict=True)
     ]
-    fig = landscape_figures.landscape_montage(surfaces, out, radius=0.25, title="t")
+    # The titles print the sharpness stage's values, not a number of the figure's own.
+    planted = {run: 1000.0 + k for k, run in enumerate(runs)}
+    fig = landscape_figures.landscape_montage(
+        surfaces, out, radius=0.25, sharpness=planted, title="t"
+    )
     panels = _panels(fig)
     assert set(panels) == set(runs)
+    assert all(f"sharpness {planted[r]:.4g}" in panels[r].get_title() for r in runs)
     # 3 rows (optimiser, lr) x 3 columns (batch size, seed), one cell empty.
     assert sum(not ax.axison for ax in fig.axes if not ax.get_gid()) == 1
     norms = {(c.norm.vmin, c.norm.vmax) for ax in panels.values() for c in ax.collections[:1]}
     assert len(norms) == 1  # the shared colour scale
     assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
     assert all(len(ax.patches) == 1 for ax in panels.values())  # the ε-disk
-    assert "sharpness" in panels[runs[0]].get_title()
+    # A run whose sharpness file is not given: one line naming the surface.
+    with pytest.raises(SystemExit):
+        main(["landscape-montage", *map(str, paths), "--sharpness", str(sharp[0]),
+              "--out", *map(str, out)])  # fmt: skip
 
 
 def _read(path: Path):
@@ -390,7 +434,11 @@ def test_comparison_with_the_published_table(tmp_path):
     assert sorted(table["paper_id"]) == sorted(twins["id"])
     assert "<table" in (tmp_path / "cmp.html").read_text()
 
-    fig = figures.paper_comparison(table, _files(tmp_path, "direct"))
+    stats = published.agreement(table, figures.PAPER_PANELS)
+    assert stats["test_all"]["n"] == 3
+    np.testing.assert_allclose(stats["test_all"]["mean_difference"], -0.1)
+    np.testing.assert_allclose(stats["mean_sharpness"]["r"], 1.0)  # ours = 2 x published
+    fig = figures.paper_comparison(table, _files(tmp_path, "direct"), agreement=stats)
     panels = _panels(fig)
     assert list(panels) == list(figures.PAPER_PANELS)
     assert sum(len(c.get_offsets()) for c in panels["mean_sharpness"].collections) == 3
@@ -399,7 +447,8 @@ def test_comparison_with_the_published_table(tmp_path):
     # No twin: no axes at all, only the title and one line saying why.
     empty = published.compare_with_published(extra.drop(columns="id", errors="ignore"), paper)
     assert empty.empty and "test_all_diff" in empty.columns
-    fig = figures.paper_comparison(empty, _files(tmp_path, "none"), note="no twin")
+    none = published.agreement(empty, figures.PAPER_PANELS)
+    fig = figures.paper_comparison(empty, _files(tmp_path, "none"), agreement=none, note="no twin")
     assert not fig.axes and _written(_files(tmp_path, "none"))
     assert [t.get_text() for t in fig.texts if t.get_gid() == "note"] == ["no twin"]
 

@@ -13,6 +13,7 @@ from scipy import stats
 
 from ascsharp.analysis import correlation, figures, published
 from ascsharp.analysis import summary as run_summary
+from ascsharp.data.meta import DEVICES
 
 # The published table, shipped with the workflow (an unedited copy of the authors' release).
 PAPER_CSV = Path(__file__).resolve().parents[2] / "workflow/reference/paper_results_icassp2024.csv"
@@ -534,9 +535,14 @@ def test_figures_command_with_two_runs_draws_figures_with_a_note(tmp_path):
     assert all(_png_ok(path) for path in outs.values())
     # The same figures, drawn directly: the note is on each, the fit line and r are not.
     note = "only 2 runs: correlations need at least 3"
+    pooled = corr[corr.subset == "all_runs"]
     figs = [
-        figures.scatter_sharpness(summary, "mean_sharpness", tmp_path / "s.png", note=note),
-        figures.device_facets(summary, "mean_sharpness", tmp_path / "d.png", note=note),
+        figures.scatter_sharpness(
+            summary, "mean_sharpness", tmp_path / "s.png", correlations=pooled, note=note
+        ),
+        figures.device_facets(
+            summary, "mean_sharpness", tmp_path / "d.png", correlations=pooled, note=note
+        ),
         figures.correlation_heatmap(corr[corr.subset == "all_runs"], tmp_path / "h.png", note=note),
     ]
     for fig in figs:
@@ -682,7 +688,8 @@ def _png_ok(path: Path) -> bool:
 def test_scatter_plots_the_unseen_device_mean(tmp_path):
     df = published.read_paper_table(PAPER_CSV)
     out = tmp_path / "figs" / "scatter.png"
-    fig = figures.scatter_sharpness(df, "mean_sharpness", out, title="paper")
+    corr = published.paper_table(PAPER_CSV, tmp_path / "s.tsv", tmp_path / "c.tsv", n_boot=0)
+    fig = figures.scatter_sharpness(df, "mean_sharpness", out, correlations=corr, title="paper")
     assert _png_ok(out)
     panels = {ax.get_gid(): ax for ax in fig.axes if ax.get_gid()}
     assert set(panels) == {"test_all", "seen", "unseen"}
@@ -699,7 +706,11 @@ def test_device_facets_and_heatmap(tmp_path):
     df = pd.DataFrame({"sharp": rng.uniform(0, 100, size=8)})
     for dev in ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"):
         df[f"acc_{dev}"] = rng.uniform(0.3, 0.7, size=8)
-    fig = figures.device_facets(df, "sharp", tmp_path / "devices.png")
+    table = correlation.correlation_table(
+        df.assign(optimizer="adam", arch="cnn10"), ["sharp"], [f"acc_{d}" for d in DEVICES],
+        methods=["pearson"], n_boot=0, partial=False,
+    )  # fmt: skip
+    fig = figures.device_facets(df, "sharp", tmp_path / "devices.png", correlations=table)
     assert _png_ok(tmp_path / "devices.png")
     s5 = next(ax for ax in fig.axes if ax.get_gid() == "acc_s5")
     expected = df[["sharp", "acc_s5"]].to_numpy()

@@ -117,7 +117,10 @@ def synthetic_tree(out: Path, n: int, analysis: bool) -> list[Path]:
         rows.append(row)
     for arch, surfaces in by_arch.items():
         path = out / f"montage_{arch}.svg"
-        landscape_figures.landscape_montage(surfaces, path, radius=0.25, title=arch)
+        values = {hp["run"]: float(loss.max()) for hp, *_, loss in surfaces}  # size only
+        landscape_figures.landscape_montage(
+            surfaces, path, radius=0.25, sharpness=values, title=arch
+        )
         files.append(path)
     page = out / "surfaces3d.html"
     report_html.surfaces_page(page_runs, page, radius=0.25, title="3-D", caption="")

@@ -36,6 +36,7 @@ def _paper_table(args):
             read_paper_table(args.csv),
             "mean_sharpness",
             out_png=args.scatter,
+            correlations=table,
             title="Published table (Milling et al., 2024)",
         )
 

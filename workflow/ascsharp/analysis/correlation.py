@@ -472,6 +472,9 @@ def correlation_table(
     table = pd.DataFrame(rows, columns=[*CONTRACT_COLUMNS, "n_skipped", "reason"])
     table["n"] = table["n"].astype(int)
     table["n_skipped"] = table["n_skipped"].astype("Int64")
+    # Only granulated rows bring a reason of their own: without them the column is all-NaN
+    # floats, and pandas refuses strings in it.
+    table["reason"] = table["reason"].astype(object)
     missing = table["reason"].isna()
     table.loc[missing, "reason"] = [
         _reason(r.n, r.statistic, r.p_value, r.method) for r in table[missing].itertuples()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ascsharp.analysis.correlation import HEADLINE_MEASURE, correlate
+from ascsharp.analysis.correlation import HEADLINE_MEASURE
 from ascsharp.core.io import require_columns
 from ascsharp.core.plotting import (
     GROUP_NAMES,
@@ -46,22 +47,40 @@ from ascsharp.core.plotting import (
 from ascsharp.data.meta import DEVICES, SEEN_DEVICES
 
 
-def _regression(ax: Axes, x: np.ndarray, y: np.ndarray, method: str = "pearson") -> str:
-    """Draw the least-squares line over all points; return 'r = .., p = ..' for the title
-    (ρ or τ for the rank correlations).
+def _correlation_row(
+    correlations: pd.DataFrame, group: str, measure: str, target: str, method: str
+) -> Mapping[str, Any]:
+    """The row of a correlation table (correlations.tsv) that a panel's title reports: figures
+    print what the analysis computed, never a statistic of their own."""
+    rows = correlations[
+        (correlations["group"] == group)
+        & (correlations["measure"] == measure)
+        & (correlations["target"] == target)
+        & (correlations["method"] == method)
+    ]
+    if rows.empty:
+        raise ValueError(
+            f"correlation table: no {method} row for {measure} against {target} in group {group}"
+        )
+    return rows.iloc[0]
+
+
+def _fit_line(ax: Axes, x: np.ndarray, y: np.ndarray, row: Mapping[str, Any], method: str) -> str:
+    """Draw the least-squares line over the panel's points; return the table row's statistic as
+    'r = .., p = .. (n = ..)' for the title (ρ or τ for the rank correlations).
 
     Without a defined correlation (fewer than 3 points, a constant axis) no line is drawn: a line
     through two points would look like evidence.
     """
-    symbol = SYMBOLS[method]
-    res = correlate(x, y, method, n_boot=0)
-    if not np.isfinite(res["statistic"]):
-        return f"{symbol} undefined (n = {res['n']})"
+    symbol, n = SYMBOLS[method], int(row["n"])
+    statistic, p_value = float(row["statistic"]), float(row["p_value"])
+    if not np.isfinite(statistic):
+        return f"{symbol} undefined (n = {n})"
     slope, intercept = np.polyfit(x, y, 1)
     xs = np.array([x.min(), x.max()])
     ax.plot(xs, intercept + slope * xs, color="black", lw=1.2, ls="--", label="_fit")
-    p = f"p = {res['p_value']:.3f}" if res["p_value"] >= 0.001 else "p < 0.001"
-    return f"{symbol} = {res['statistic']:.3f}, {p} (n = {res['n']})"
+    p = f"p = {p_value:.3f}" if p_value >= 0.001 else "p < 0.001"
+    return f"{symbol} = {statistic:.3f}, {p} (n = {n})"
 
 
 def scatter_sharpness(
@@ -70,10 +89,12 @@ def scatter_sharpness(
     out_png: Outputs,
     targets: Sequence[str] = ("test_all", "seen", "unseen"),
     *,
+    correlations: pd.DataFrame,
     title: str | None = None,
     note: str | None = None,
 ) -> Figure:
-    """One panel per target: runs coloured by optimiser, shaped by architecture, pooled fit.
+    """One panel per target: runs coloured by optimiser, shaped by architecture, pooled fit with
+    the pooled Pearson r of `correlations` (the table of these runs) in the title.
 
     The `unseen` panel plots the mean over the unseen devices S4-S6 (the original study's
     "OOD" plot used a different column).
@@ -98,7 +119,9 @@ def scatter_sharpness(
             s=45,
             legend=i == len(targets) - 1,
         )
-        stats_text = _regression(ax, d[measure].to_numpy(float), d[target].to_numpy(float))
+        row = _correlation_row(correlations, "all", measure, target, "pearson")
+        x, y = d[measure].to_numpy(float), d[target].to_numpy(float)
+        stats_text = _fit_line(ax, x, y, row, "pearson")
         ax.set_title(f"{TARGET_SHORT.get(target, target)}\n{stats_text}", fontsize=10)
         ax.set_xlabel(label(measure))
         ax.set_ylabel(label(target))
@@ -113,9 +136,15 @@ def scatter_sharpness(
 
 
 def device_facets(
-    df: pd.DataFrame, measure: str, out_png: Outputs, *, note: str | None = None
+    df: pd.DataFrame,
+    measure: str,
+    out_png: Outputs,
+    *,
+    correlations: pd.DataFrame,
+    note: str | None = None,
 ) -> Figure:
-    """Accuracy per recording device against sharpness; seen and unseen devices in two colours."""
+    """Accuracy per recording device against sharpness; seen and unseen devices in two colours;
+    each panel's pooled Pearson r from `correlations`."""
     columns = [f"acc_{d}" for d in DEVICES]
     require_columns(df, [measure, *columns], "figure data")
     palette = sns.color_palette("colorblind", 2)
@@ -126,7 +155,8 @@ def device_facets(
         seen = device in SEEN_DEVICES
         x, y = d[measure].to_numpy(float), d[col].to_numpy(float)
         ax.scatter(x, y, s=25, color=palette[0 if seen else 1], label="seen" if seen else "unseen")
-        stats_text = _regression(ax, x, y)
+        row = _correlation_row(correlations, "all", measure, col, "pearson")
+        stats_text = _fit_line(ax, x, y, row, "pearson")
         kind = "seen" if seen else "unseen"
         ax.set_title(f"{device.upper()} ({kind})\n{stats_text}", fontsize=9)
         ax.set_xlabel(label(measure))
@@ -244,11 +274,13 @@ def group_facets(
     out: Outputs,
     targets: Sequence[str] = ("seen", "unseen"),
     *,
+    correlations: pd.DataFrame,
     note: str | None = None,
 ) -> Figure:
     """One row per value of `group` (optimizer or arch), one column per target (seen and unseen
-    devices side by side): each panel its runs, its own least-squares line and Spearman ρ in the
-    title. Points are coloured by the other grouping column."""
+    devices side by side): each panel its runs, its own least-squares line and the group's
+    Spearman ρ from `correlations` in the title. Points are coloured by the other grouping
+    column."""
     hue = "arch" if group == "optimizer" else "optimizer"
     require_columns(df, [measure, group, hue, *targets], "figure data")
     d = df[[measure, group, hue, *targets]].astype({group: str, hue: str})
@@ -264,7 +296,8 @@ def group_facets(
                 pts = sel[sel[hue] == h]
                 ax.scatter(pts[measure], pts[target], s=30, color=palette[h], label=value_name(h))
             x, y = sel[measure].to_numpy(float), sel[target].to_numpy(float)
-            stats_text = _regression(ax, x, y, "spearman")
+            row = _correlation_row(correlations, f"{group}={value}", measure, target, "spearman")
+            stats_text = _fit_line(ax, x, y, row, "spearman")
             ax.set_title(
                 f"{value_name(value)}, {TARGET_SHORT.get(target, target)}\n{stats_text}",
                 fontsize=10,
@@ -419,10 +452,17 @@ def seed_spread(df: pd.DataFrame, out: Outputs, *, note: str | None = None) -> F
 PAPER_PANELS = ("test_all", "seen", "unseen", "mean_sharpness")
 
 
-def paper_comparison(table: pd.DataFrame, out: Outputs, *, note: str | None = None) -> Figure:
+def paper_comparison(
+    table: pd.DataFrame,
+    out: Outputs,
+    *,
+    agreement: Mapping[str, Mapping[str, float]],
+    note: str | None = None,
+) -> Figure:
     """Our value (y) against the published table's (x) for every run that both have, one panel
     per quantity in PAPER_PANELS, with the identity line; the title gives Pearson's r and the mean
-    difference. `table` is `published.compare_with_published`'s."""
+    difference of `agreement` (`published.agreement`). `table` is
+    `published.compare_with_published`'s."""
     require_columns(table, ["optimizer", "arch"], "comparison table")
     if table.empty:
         return no_data(out, "Our runs against the published runs with the same hyperparameters",
@@ -440,13 +480,13 @@ def paper_comparison(table: pd.DataFrame, out: Outputs, *, note: str | None = No
                        label=f"{value_name(opt)}, {value_name(arch)}")  # fmt: skip
         both = table[[f"{q}_paper", f"{q}_ours"]].to_numpy(float)
         finite = both[np.isfinite(both).all(axis=1)]
-        text = f"n = {len(finite)}"
+        stats = agreement[q]
+        text = f"n = {stats['n']}"
         if len(finite):
             lo, hi = float(finite.min()), float(finite.max())
             ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls=":", label="_identity")
-            diff = float(np.mean(finite[:, 1] - finite[:, 0]))
-            r = correlate(finite[:, 0], finite[:, 1], "pearson", n_boot=0)["statistic"]
-            text = f"r = {r:.2f}, mean difference {diff:+.3g} (n = {len(finite)})"
+            text = (f"r = {stats['r']:.2f}, mean difference {stats['mean_difference']:+.3g}"
+                    f" (n = {stats['n']})")  # fmt: skip
         ax.set_title(f"{label(q)}\n{text}", fontsize=9)
         ax.set(xlabel="published (Milling et al. 2024)", ylabel="this workflow")
         ax.set_gid(q)

@@ -6,6 +6,7 @@ statistic of the workflow can be checked against the published runs (r = 0.412, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from ascsharp.analysis.correlation import (
     HEADLINE_MEASURE,
     METHODS,
     PAPER_TARGETS,
+    correlate,
     correlation_table,
 )
 from ascsharp.core import io
@@ -156,3 +158,18 @@ def compare_with_published(summary: pd.DataFrame, published: pd.DataFrame) -> pd
         table[f"{q}_diff"] = both[f"{q}_ours"] - both[f"{q}_paper"]
     order = ["arch", "optimizer", "lr", "batch_size", "seed"]
     return table.sort_values(order).reset_index(drop=True)
+
+
+def agreement(table: pd.DataFrame, quantities: Sequence[str]) -> dict[str, dict[str, float]]:
+    """For each quantity of a `compare_with_published` table: over the runs where both values are
+    finite, `n`, Pearson's `r` of ours against the published values, and the `mean_difference`
+    (ours - published); r and the mean are NaN without such runs (r also with fewer than 3)."""
+    out = {}
+    for q in quantities:
+        io.require_columns(table, [f"{q}_ours", f"{q}_paper"], "comparison table")
+        both = table[[f"{q}_paper", f"{q}_ours"]].to_numpy(float)
+        finite = both[np.isfinite(both).all(axis=1)]
+        r = correlate(finite[:, 0], finite[:, 1], "pearson", n_boot=0)["statistic"]
+        diff = float(np.mean(finite[:, 1] - finite[:, 0])) if len(finite) else float("nan")
+        out[q] = {"n": len(finite), "r": float(r), "mean_difference": diff}
+    return out

@@ -69,11 +69,13 @@ def _figures(args):
     subset, runs, note = _figure_runs(summary, set(corr["subset"]))
     table = corr[corr["subset"] == subset]
     title = f"{len(runs)} runs ({subset})"
-    fig.scatter_sharpness(runs, measure, out_png=args.scatter, title=title, note=note)
-    fig.device_facets(runs, measure, args.devices, note=note)
+    fig.scatter_sharpness(
+        runs, measure, out_png=args.scatter, correlations=table, title=title, note=note
+    )
+    fig.device_facets(runs, measure, args.devices, correlations=table, note=note)
     fig.correlation_heatmap(table, args.heatmap, note=note)
-    fig.group_facets(runs, measure, "optimizer", args.by_optimizer, note=note)
-    fig.group_facets(runs, measure, "arch", args.by_arch, note=note)
+    for group, out in (("optimizer", args.by_optimizer), ("arch", args.by_arch)):
+        fig.group_facets(runs, measure, group, out, correlations=table, note=note)
     if args.forest_groups:
         pooled = "Correlation of every measure with accuracy, all runs pooled"
         fig.forest_plot(table, args.forest, groups=["all"], title=pooled, note=note)
@@ -138,8 +140,13 @@ def _compare_args(p):
     _compare_args,
 )
 def _compare_published(args):
-    from ascsharp.analysis.figures import paper_comparison
-    from ascsharp.analysis.published import COMPARED, compare_with_published, read_paper_table
+    from ascsharp.analysis.figures import PAPER_PANELS, paper_comparison
+    from ascsharp.analysis.published import (
+        COMPARED,
+        agreement,
+        compare_with_published,
+        read_paper_table,
+    )
     from ascsharp.analysis.report_html import html_table
     from ascsharp.core.io import write_table
     from ascsharp.core.runs import RUN_KEYS
@@ -150,7 +157,7 @@ def _compare_published(args):
     note = None
     if table.empty:
         note = "no run of this grid has the hyperparameters of a published run (paper preset)"
-    paper_comparison(table, args.figure, note=note)
+    paper_comparison(table, args.figure, agreement=agreement(table, PAPER_PANELS), note=note)
     html_table(
         table,
         args.html,

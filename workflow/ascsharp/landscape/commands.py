@@ -197,7 +197,13 @@ def _run_sharpness(args):
 
 def _montage_args(p):
     p.add_argument("surfaces", type=Path, nargs="+", help="surface.h5 of every run to show")
-    p.add_argument("--radius", type=float, required=True, help="ε of the disk drawn")
+    p.add_argument(
+        "--sharpness",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="results/sharpness/{run}.json of the same runs: the value printed and ε drawn",
+    )
     figure_option(p, "out", "the montage")
 
 
@@ -211,16 +217,27 @@ def _landscape_montage(args):
     from ascsharp.core.runs import parse_run_id
     from ascsharp.core.surface import read_surface, surface_identity
     from ascsharp.landscape.figures import landscape_montage
+    from ascsharp.landscape.sharpness import read_run_sharpness, seed_sharpness
 
-    surfaces, seeds = [], set()
+    results = {}
+    for path in args.sharpness:
+        result = read_run_sharpness(path)
+        results[result["run"]] = result
+    radii = {result["radius"] for result in results.values()}
+    if len(radii) != 1:
+        raise ValueError(f"{args.sharpness[0]}: the runs' sharpness has several radii {radii}")
+    surfaces, seeds, values = [], set(), {}
     for path in args.surfaces:
         run, seed = surface_identity(path)
+        if run not in results:
+            raise ValueError(f"{path}: no sharpness file of run {run} among --sharpness")
+        values[run] = seed_sharpness(results[run], seed)
         surfaces.append(({**parse_run_id(run), "run": run}, *read_surface(path)))
         seeds.add(seed)
     archs = ", ".join(sorted({value_name(hp["arch"]) for hp, *_ in surfaces}))
     seed_text = ", ".join(map(str, sorted(seeds)))
     title = f"{archs}: loss landscapes of {len(surfaces)} runs, direction seed {seed_text}"
-    landscape_montage(surfaces, args.out, radius=args.radius, title=title)
+    landscape_montage(surfaces, args.out, radius=radii.pop(), sharpness=values, title=title)
 
 
 def _views_args(p):

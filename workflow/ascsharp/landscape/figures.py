@@ -22,7 +22,6 @@ from ascsharp.core.plotting import (
     value_name,
 )
 from ascsharp.core.surface import read_surface
-from ascsharp.landscape.sharpness import PAPER, sharpness
 
 
 def plot_surface(h5_path: str | Path, out_contour: Outputs, out_3d: Outputs, title: str) -> None:
@@ -57,11 +56,13 @@ def landscape_montage(
     out: Outputs,
     *,
     radius: float,
+    sharpness: Mapping[str, float],
     title: str,
 ) -> Figure:
     """Every surface's filled contour on one colour scale: one row per optimiser and learning
-    rate, one column per batch size and seed, the ε-disk dashed and the paper's sharpness (at
-    this ε) in each title. `surfaces` holds (hyperparameters, x, y, loss[iy, ix])."""
+    rate, one column per batch size and seed, the ε-disk dashed and the run's sharpness (as the
+    sharpness stage computed it for this surface, `sharpness[hp["run"]]`) in each title.
+    `surfaces` holds (hyperparameters with "run", x, y, loss[iy, ix])."""
     if not surfaces:
         raise ValueError("landscape montage: no surfaces given")
     levels, norm = loss_scale(np.concatenate([np.ravel(s[3]) for s in surfaces]), 20)
@@ -80,8 +81,7 @@ def landscape_montage(
             ax.contourf(x, y, z, levels=levels, norm=norm, cmap=cmap, extend="both")
         ax.add_patch(Circle((0, 0), radius, fill=False, ls="--", lw=1, color="white"))
         ax.plot([0], [0], "w+", ms=6)
-        value = sharpness(x, y, loss, radius=radius, reference=PAPER["reference"],
-                          region=PAPER["region"])["sharpness"]  # fmt: skip
+        value = sharpness[hp["run"]]
         ax.set_title(
             f"{value_name(hp['optimizer'])} lr {float(hp['lr']):g}, bs {int(hp['batch_size'])},"
             f" seed {int(hp['seed'])}\nsharpness {value:.4g}",

@@ -22,8 +22,9 @@ the tables. The grid minimum is taken over finite values only.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,28 @@ def all_variants(paths: Sequence[str | Path], radius: float) -> dict[str, Any]:
             "aggregate": agg,
         }
     )
+
+
+def read_run_sharpness(path: str | Path) -> dict[str, Any]:
+    """A run's sharpness file as `all_variants` wrote it (results/sharpness/{run}.json), or a
+    one-line error naming the file."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable sharpness file ({e})") from None
+    missing = [k for k in ("run", "radius", "default", "per_seed") if k not in result]
+    if not isinstance(result, dict) or missing:
+        raise ValueError(f"{path}: not a sharpness file (missing {missing})")
+    return result
+
+
+def seed_sharpness(result: Mapping[str, Any], seed: int) -> float:
+    """The run's default sharpness variant (the study's) of one direction seed; NaN where it is
+    undefined (written as null)."""
+    default = result["default"]
+    try:
+        value = result["per_seed"][str(seed)][default["region"]][default["reference"]]
+    except KeyError:
+        raise ValueError(f"sharpness of {result['run']}: no direction seed {seed}") from None
+    v = value.get("sharpness")
+    return float("nan") if v is None else float(v)
