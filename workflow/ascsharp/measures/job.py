@@ -63,8 +63,8 @@ def run_measure(
     out: str | Path,
     options: dict[str, Any],
     seed: int,
-    selection: str = "landscape",
-    split: str = "train",
+    selection: str,
+    split: str,
     device: str | torch.device | None = None,
     on_unit: UnitHook | None = None,
 ) -> dict[str, Any]:
