@@ -613,8 +613,8 @@ def model_file(tmp_path, feature_store) -> Path:
 
 def measure_cli(model_file: Path, store: Path, out: Path, *extra: str) -> list[str]:
     return ["measure", "--model", str(model_file), "--features-npy", str(store / "train.npy"),
-            "--features-tsv", str(store / "train.tsv"), "--seed", "0", "--out", str(out),
-            *extra]  # fmt: skip
+            "--features-tsv", str(store / "train.tsv"), "--split", "train", "--seed", "0",
+            "--out", str(out), *extra]  # fmt: skip
 
 
 def strict_json(path: Path) -> dict:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ascsharp.core.commands import command
+from ascsharp.core.settings import add_options
 
 
 # --- analysis ---------------------------------------------------------------------------------
@@ -65,12 +66,7 @@ def _summarize_args(p):
         "--measures", type=Path, nargs="*", required=True, help="every results/measures JSON"
     )
     p.add_argument("--exclude", required=True, help="analysis.exclude as JSON")
-    p.add_argument(
-        "--converged-min-train-accuracy",
-        type=float,
-        required=True,
-        help="a run converged when its losses are finite and its final train accuracy reaches this",
-    )
+    add_options(p, "train", ("converged_min_train_accuracy",))
     p.add_argument("--out", type=Path, required=True, help="summary.tsv")
 
 
@@ -99,8 +95,7 @@ def _summarize(args):
 
 def _rank_args(p):
     p.add_argument("summary", type=Path, help="summary.tsv")
-    p.add_argument("--bootstrap", type=int, required=True, help="bootstrap resamples for CIs")
-    p.add_argument("--seed", type=int, required=True)
+    add_options(p, "analysis", ("bootstrap", "seed"))
     p.add_argument("--out", type=Path, required=True, help="measure_ranking.tsv")
     p.add_argument(
         "--figure", type=Path, nargs="+", required=True, help="measure_ranking.png (and .svg)"
@@ -134,8 +129,7 @@ def _rank_measures(args):
 
 def _correlate_args(p):
     p.add_argument("summary", type=Path, help="summary.tsv")
-    p.add_argument("--bootstrap", type=int, required=True, help="bootstrap resamples for CIs")
-    p.add_argument("--seed", type=int, required=True)
+    add_options(p, "analysis", ("bootstrap", "seed"))
     p.add_argument("--out", type=Path, required=True, help="correlations.tsv")
 
 

@@ -18,11 +18,13 @@ import h5py
 import numpy as np
 
 from ascsharp.core.io import atomic_path
+from ascsharp.core.settings import enum
 
 _SHARD_META_KEYS = ("run", "direction_seed", "fingerprint", "n_shards", "shard", "split")
-# The splits a surface can be computed on: the model's own training clips (its split train or
-# train_all, as model.pt lists them), or test (ascsharp.features.clips names the splits).
-SURFACE_SPLITS = ("train", "test")
+# The splits a surface can be computed on (landscape.split): the model's own training clips (its
+# split train or train_all, as model.pt lists them), or test (ascsharp.features.clips names the
+# splits).
+SURFACE_SPLITS = enum("landscape.split")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,16 +6,15 @@ import json
 from pathlib import Path
 
 from ascsharp.core.commands import command
+from ascsharp.core.settings import add_options
 
 
 def _synth_args(p):
     p.add_argument("--root", type=Path, required=True, help="output folder (DCASE2020 layout)")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--audio-sample-rate", type=int, required=True, help="of the WAVs written")
-    p.add_argument("--clip-seconds", type=float, required=True)
-    p.add_argument("--cities", type=int, required=True, help="how many of the 10 cities")
-    p.add_argument("--locations-per-city", type=int, required=True)
-    p.add_argument("--segments-per-location", type=int, required=True)
+    add_options(p, "dataset", ("audio_sample_rate", "clip_seconds"))
+    add_options(
+        p, "dataset.synthetic", ("seed", "cities", "locations_per_city", "segments_per_location")
+    )
 
 
 @command(
@@ -37,11 +36,7 @@ def _synth(args):
 
 
 def _download_args(p):
-    p.add_argument(
-        "--api",
-        required=True,
-        help="Zenodo record API URL (config dataset.download.api: the development set's record)",
-    )
+    add_options(p, "dataset.download", ("api",))
     p.add_argument(
         "--downloads", type=Path, required=True, help="folder for the zips (kept for reruns)"
     )

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ascsharp.core.commands import command
+from ascsharp.core.settings import add_options, from_args
 
-
-def _mel_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("log-mel settings (config.yaml: features)")
-    g.add_argument("--sample-rate", type=int, required=True, help="Hz after resampling")
-    g.add_argument("--n-fft", type=int, required=True)
-    g.add_argument("--hop-length", type=int, required=True)
-    g.add_argument("--n-mels", type=int, required=True)
-    g.add_argument("--fmin", type=float, required=True)
-    g.add_argument("--fmax", type=float, required=True)
-
-
-def _mel_config(args):
-    from ascsharp.features.mel import MelConfig
-
-    return MelConfig(
-        sample_rate=args.sample_rate,
-        n_fft=args.n_fft,
-        hop_length=args.hop_length,
-        n_mels=args.n_mels,
-        fmin=args.fmin,
-        fmax=args.fmax,
-    )
+# The log-mel settings (config: features), the fields of features.mel.MelConfig.
+MEL_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax")
 
 
 def _features_args(p):
@@ -37,16 +17,10 @@ def _features_args(p):
     p.add_argument("--out-npy", type=Path, required=True, help="the store's features")
     p.add_argument("--out-tsv", type=Path, required=True, help="the store's clip index")
     p.add_argument("--out-json", type=Path, required=True, help="the store's settings")
-    p.add_argument(
-        "--audio-sample-rate",
-        type=int,
-        required=True,
-        help="expected WAV sample rate (checked for every file)",
-    )
-    p.add_argument("--clip-seconds", type=float, required=True, help="expected clip length")
-    p.add_argument("--dtype", choices=["float32", "float16"], required=True)
+    add_options(p, "dataset", ("audio_sample_rate", "clip_seconds"))
+    add_options(p, "features", ("dtype",))
     p.add_argument("--threads", type=int, default=1)
-    _mel_arguments(p)
+    add_options(p.add_argument_group("log-mel settings (config: features)"), "features", MEL_KEYS)
 
 
 @command(
@@ -59,12 +33,12 @@ def _features(args):
 
     from ascsharp.core.io import provenance
     from ascsharp.data.meta import validate_dataset
-    from ascsharp.features.mel import extract_store
+    from ascsharp.features.mel import MelConfig, extract_store
 
     folds = validate_dataset(
         args.root, audio_sample_rate=args.audio_sample_rate, clip_seconds=args.clip_seconds
     )
-    mel = _mel_config(args)
+    mel = from_args(MelConfig, args)
     # Self-describing store: what was extracted from where, with which settings and code.
     settings = {
         "dataset_root": str(args.root),

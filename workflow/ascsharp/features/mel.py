@@ -32,10 +32,11 @@ import torchaudio
 from ascsharp.core.io import atomic_path, one_line, write_json
 from ascsharp.core.progress import Progress, get_logger
 from ascsharp.core.seeds import derive_seed
+from ascsharp.core.settings import enum
 from ascsharp.data.meta import CLIP_COLUMNS, DatasetError
 
 AMIN = 1e-10  # power floor before the log: -100 dB, as PANNs/librosa power_to_db(top_db=None)
-STORE_DTYPES = ("float32", "float16")
+STORE_DTYPES = enum("features.dtype")  # the storage types the config allows
 # Index TSV columns read back as text: segment ids look numeric but are names ("042" != 42).
 _TEXT_COLUMNS = ("filename", "scene", "city", "location", "segment", "device")
 

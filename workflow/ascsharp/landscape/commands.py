@@ -3,11 +3,11 @@ and the landscape figures drawn from the surfaces."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from ascsharp.core.commands import clip_count, command, figure_option
+from ascsharp.core.commands import command, figure_option
+from ascsharp.core.settings import add_options
 from ascsharp.features.commands import open_store, store_arguments
 
 
@@ -46,33 +46,10 @@ def _shard_args(p):
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--directions", type=Path, required=True)
     store_arguments(p, "features", "the store of the split:")
-    p.add_argument(
-        "--split",
-        choices=["train", "test"],
-        required=True,
-        help="train: the clips the model was trained on (listed in model.pt); test: the test fold",
-    )
-    p.add_argument(
-        "--clips",
-        type=clip_count,
-        required=True,
-        help="N: a fixed seeded selection of N of the split's clips (the same for every "
-        "direction seed of a run); all: every one",
-    )
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--shard", type=int, required=True)
+    add_options(p, "landscape", ("split", "clips", "batch_size", "shards", "precision", "compile"))
+    p.add_argument("--shard", type=int, required=True, help="which of the --shards (0, 1, ...)")
     p.add_argument("--out", type=Path, required=True, help="shard~K.npz")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument(
-        "--precision", required=True, help="forward precision: float32, tf32, bfloat16, float16"
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        required=True,
-        help="torch.compile the forward (on CUDA only)",
-    )
     p.add_argument(
         "--refine-radius",
         type=float,

@@ -31,14 +31,20 @@ from typing import Any
 import numpy as np
 
 from ascsharp.core.io import json_safe
+from ascsharp.core.settings import setting
 from ascsharp.core.surface import read_surface, run_surfaces
 
 REGIONS = ("legacy-disk", "disk", "square")
 REFERENCES = ("grid-min", "centre")
 _RTOL = 1e-9
-# The study's sharpness: radius 0.25, the floating-point disk, referenced to the grid minimum.
-# Defaults of the user-facing `ascsharp sharpness`; the workflow passes config values.
-PAPER = {"radius": 0.25, "region": "legacy-disk", "reference": "grid-min"}
+# The study's sharpness: radius 0.25 (sharpness.radius's default in the schema), the
+# floating-point disk, referenced to the grid minimum. Defaults of the user-facing `ascsharp
+# sharpness`; the workflow passes config values.
+PAPER = {
+    "radius": setting("sharpness.radius")["default"],
+    "region": "legacy-disk",
+    "reference": "grid-min",
+}
 
 
 def _lattice(c: np.ndarray) -> tuple[np.ndarray, float] | None:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from ascsharp.core.progress import Progress
 from ascsharp.core.seeds import generator
+from ascsharp.core.settings import enum
 from ascsharp.measures.common import (
     Cost,
     LossFn,
@@ -65,7 +66,7 @@ from ascsharp.measures.common import (
 )
 
 PARAMETERS = ("all", "weights")
-SEARCHES = ("reference", "strong")
+SEARCHES = enum("measures.adaptive_worst.search")
 # The reference's momentum and step-size checkpoints (APGD, Croce & Hein 2020).
 MOMENTUM = 0.75
 MIN_UPDATE_RATIO = 0.75

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ascsharp.core.seeds import generator
+from ascsharp.core.settings import enum
 from ascsharp.measures.common import (
     Cost,
     Partial,
@@ -48,8 +49,8 @@ from ascsharp.measures.common import (
     partial_fingerprint,
 )
 
-TRACE_ESTIMATORS = ("hutchinson", "hutch++")
-PARAMETERS = ("all", "weights")
+TRACE_ESTIMATORS = enum("measures.hessian.trace_estimator")
+PARAMETERS = enum("measures.hessian.parameters")
 
 
 @dataclass(frozen=True)

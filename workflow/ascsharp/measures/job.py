@@ -4,8 +4,8 @@ seeded selection of its training clips), written to one JSON file.
 The measures themselves are in curvature (Hessian), adaptive (adaptive sharpness) and
 generalization (Jiang et al.'s PAC-Bayes flatness, norms and margin), built on the helpers of
 common; this module only picks the clips and the function,
-and writes the result with its provenance. MEASURES is the one list of measure names: the
-config's `measures` section has a block of the same name for each.
+and writes the result with its provenance. MEASURES (ascsharp.measures) is the one list of
+measure names: the blocks of the config's `measures` section that can be switched on.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ascsharp.core.progress import get_logger
 from ascsharp.core.seeds import derive_seed
 from ascsharp.core.tensors import weights_digest
 from ascsharp.features.clips import Clips, Store, load_clips, surface_clips
+from ascsharp.measures import MEASURES
 from ascsharp.measures.adaptive import adaptive_average, adaptive_worst
 from ascsharp.measures.common import UnitHook
 from ascsharp.measures.curvature import hessian
@@ -30,7 +31,8 @@ from ascsharp.train.checkpoint import load_model
 from ascsharp.train.evaluate import forward_precision, pick_device
 from ascsharp.train.models import initial_model
 
-# measure name -> function(model, x, y, options, seed, log, partial_path=, on_unit=).
+# measure name -> function(model, x, y, options, seed, log, partial_path=, on_unit=); keyed by
+# exactly MEASURES (tests/core/test_settings.py).
 _FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "hessian": hessian,
     "adaptive_average": adaptive_average,
@@ -39,7 +41,6 @@ _FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "norms": norms,
     "margin": inverse_margin,
 }
-MEASURES = tuple(_FUNCTIONS)
 # Where the clips come from: "landscape" the landscape's own selection (its split and count,
 # its "subset" stream), "measures" a selection of the model's training clips of its own.
 SELECTIONS = ("landscape", "measures")
@@ -62,8 +63,8 @@ def run_measure(
     out: str | Path,
     options: dict[str, Any],
     seed: int,
-    selection: str = "landscape",
-    split: str = "train",
+    selection: str,
+    split: str,
     device: str | torch.device | None = None,
     on_unit: UnitHook | None = None,
 ) -> dict[str, Any]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from ascsharp.core.commands import command, figure_option, read_table
+from ascsharp.core.settings import add_options, from_args
 from ascsharp.features.commands import open_store, store_arguments
+
+# The settings of a run (config: train, model.width), the fields of train.loop.TrainSettings.
+SETTINGS_KEYS = ("epochs", "width", "selection", "eval_batch_size", "amp")
 
 
 def _train_args(p):
@@ -18,13 +21,7 @@ def _train_args(p):
     p.add_argument("--model", type=Path, required=True, help="model.pt to write")
     p.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
     p.add_argument("--history", type=Path, required=True, help="history.tsv to write")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--width", type=float, required=True)
-    p.add_argument("--selection", choices=["validation", "paper"], required=True)
-    p.add_argument("--eval-batch-size", type=int, required=True)
-    p.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, required=True, help="CUDA mixed precision"
-    )
+    add_options(p, ("train", "model"), SETTINGS_KEYS)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument(
         "--features-settings",
@@ -45,13 +42,7 @@ def _train_args(p):
 def _train(args):
     from ascsharp.train.loop import TrainFiles, TrainSettings, train
 
-    settings = TrainSettings(
-        epochs=args.epochs,
-        width=args.width,
-        selection=args.selection,
-        eval_batch_size=args.eval_batch_size,
-        amp=args.amp,
-    )
+    settings = from_args(TrainSettings, args)
     try:
         features = json.loads(args.features_settings.read_text())["mel"]
     except (OSError, ValueError, KeyError, TypeError) as e:

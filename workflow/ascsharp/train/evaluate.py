@@ -101,6 +101,7 @@ def breakdown(table: pd.DataFrame, logits: torch.Tensor, y: torch.Tensor) -> dic
 # PyTorch would otherwise run float32 convolutions on TF32 tensor cores (10-bit mantissa).
 # "tf32" allows that; "bfloat16"/"float16" autocast the forward. The loss is always summed in
 # float64. CPUs have no TF32, so there "tf32" is float32. bench_precision.py measures each.
+# Keyed by the names of landscape.precision in the schema (tests/core/test_settings.py).
 PRECISIONS = {"float32": None, "tf32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

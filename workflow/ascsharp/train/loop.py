@@ -21,6 +21,7 @@ from ascsharp.core.io import atomic_path, provenance, write_json, write_table
 from ascsharp.core.progress import Progress, get_logger
 from ascsharp.core.runs import parse_run_id
 from ascsharp.core.seeds import derive_seed, generator
+from ascsharp.core.settings import enum
 from ascsharp.core.tensors import weights_digest
 from ascsharp.data.meta import SCENES
 from ascsharp.features.clips import Clips, Store, load_split
@@ -30,6 +31,8 @@ from ascsharp.train.models import initial_model
 from ascsharp.train.optim import make_stepper
 from ascsharp.train.trajectory import TrajectoryRecorder
 
+# train.selection: "validation", or "paper" (fit on all of fold1_train, select on the test fold).
+SELECTIONS = enum("train.selection")
 RESUME_FILE = "checkpoint.pt"  # last finished epoch; removed once model.pt is written
 
 
@@ -39,13 +42,13 @@ class TrainSettings:
 
     epochs: int
     width: float
-    selection: str  # "validation", or "paper": fit on all of fold1_train, select on the test fold
+    selection: str  # one of SELECTIONS
     eval_batch_size: int
     amp: bool
 
     def __post_init__(self) -> None:
-        if self.selection not in ("validation", "paper"):
-            raise ValueError(f"selection {self.selection!r}: expected 'validation' or 'paper'")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection {self.selection!r}: expected one of {SELECTIONS}")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ascsharp.core.commands import clip_count, command, figure_option
+from ascsharp.core.commands import command, figure_option
+from ascsharp.core.settings import add_options
 from ascsharp.features.commands import open_store, store_arguments
 
 
@@ -12,10 +13,7 @@ from ascsharp.features.commands import open_store, store_arguments
 def _view_clip_arguments(p) -> None:
     """The landscape's clips and forward settings (config: landscape.split, clips, ...)."""
     store_arguments(p, "features", "the store of the split:")
-    p.add_argument("--split", choices=["train", "test"], required=True, help="as the landscape's")
-    p.add_argument("--clips", type=clip_count, required=True, help="as the landscape's")
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--precision", required=True, help="float32, tf32, bfloat16, float16")
+    add_options(p, "landscape", ("split", "clips", "batch_size", "precision"))
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
@@ -23,12 +21,7 @@ def _interpolate_args(p):
     p.add_argument("--model-a", type=Path, required=True, help="θ₁: model.pt at α = 0")
     p.add_argument("--model-b", type=Path, required=True, help="θ₂: model.pt at α = 1")
     p.add_argument("--alpha", type=float, nargs=3, metavar=("MIN", "MAX", "NUM"), required=True)
-    p.add_argument(
-        "--bn-statistics",
-        choices=["interpolate", "recompute"],
-        required=True,
-        help="BN running statistics along the line: interpolated, or recomputed on the clips",
-    )
+    add_options(p, "views.interpolation", ("bn_statistics",))
     _view_clip_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="the interpolation's JSON")
     figure_option(p, "figure", "loss and accuracy along α")
@@ -63,16 +56,7 @@ def _interpolate(args):
 def _trajectory_args(p):
     p.add_argument("--model", type=Path, required=True, help="results/models/{run}/model.pt")
     p.add_argument("--trajectory", type=Path, required=True, help="its trajectory.h5")
-    p.add_argument(
-        "--parameters",
-        choices=["weights", "all"],
-        required=True,
-        help="PCA over tensors with > 1 dimension (as the landscape perturbs) or all parameters",
-    )
-    p.add_argument("--num", type=int, required=True, help="grid points per axis of the plane")
-    p.add_argument(
-        "--margin", type=float, required=True, help="grid beyond the path, in path extents"
-    )
+    add_options(p, "views.trajectory", ("parameters", "num", "margin"))
     _view_clip_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="the plane's surface (.h5)")
     figure_option(p, "figure", "loss contour with the projected path")
@@ -89,8 +73,6 @@ def _trajectory_plane(args):
     from ascsharp.views.figures import plot_trajectory
     from ascsharp.views.trajectory import trajectory_plane_job
 
-    if args.num < 2 or args.margin < 0:
-        raise ValueError(f"--num {args.num} must be >= 2 and --margin {args.margin} >= 0")
     result = trajectory_plane_job(
         model=args.model,
         trajectory=args.trajectory,

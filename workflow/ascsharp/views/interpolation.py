@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ascsharp.core.io import provenance, read_partial, write_json, write_partial
 from ascsharp.core.progress import Progress, get_logger
+from ascsharp.core.settings import enum
 from ascsharp.core.tensors import tensor_digest
 from ascsharp.features.clips import surface_clips
 from ascsharp.train.evaluate import forward_precision, loss_and_accuracy, pick_device, predict
@@ -47,7 +48,7 @@ from ascsharp.train.models import PannsCnn, fold_batchnorm, refold_
 # unrelated). "interpolate": as Li et al.'s `--dir_type states`, so that α = 0 and α = 1 are the
 # two models exactly as every other stage evaluates them; variances that extrapolate below zero
 # are set to zero (logged).
-BN_STATISTICS = ("interpolate", "recompute")
+BN_STATISTICS = enum("views.interpolation.bn_statistics")
 
 
 # ---------------------------------------------------------------------------------------------

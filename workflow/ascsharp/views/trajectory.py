@@ -12,6 +12,7 @@ import torch
 
 from ascsharp.core.io import provenance
 from ascsharp.core.progress import get_logger
+from ascsharp.core.settings import enum
 from ascsharp.core.surface import Grid, write_surface
 from ascsharp.features.clips import surface_clips
 from ascsharp.landscape.compute import evaluate_points
@@ -21,7 +22,7 @@ from ascsharp.train.trajectory import read_trajectory, split_state
 # Parameters the PCA sees. "weights": tensors of more than one dimension, those the landscape's
 # random directions perturb (their plot_trajectory.py --ignore biasbn); "all": every parameter
 # (their default).
-PCA_PARAMETERS = ("weights", "all")
+PCA_PARAMETERS = enum("views.trajectory.parameters")
 
 
 def trajectory_pca(
