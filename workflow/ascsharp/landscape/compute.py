@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +43,56 @@ from ascsharp.train.models import PannsCnn, fold_batchnorm, refold_
 if TYPE_CHECKING:  # data imports torchaudio, which `ascsharp directions` does not need
     from ascsharp.features.clips import Store
 
-# The stated error of a grid point's loss at a fast precision, relative to max(|loss|, 1):
-# |L_fast - L_IEEE| <= REFINE_RTOL[precision] * max(|L_fast|, 1): about twice the largest errors
-# that bench_precision.py measured on the demo models (2.5e-3, 4.3e-3 and 3.4e-2 at losses near
-# 2 for tf32, float16 and bfloat16). refine_surface widens it wherever a re-evaluated point
-# shows that it was too tight.
-REFINE_RTOL = {"tf32": 3e-3, "float16": 5e-3, "bfloat16": 3e-2}
+
+@dataclass(frozen=True)
+class RefineBound:
+    """The stated error of a grid point's loss at a fast precision (landscape.refine):
+    |L_fast - L_IEEE| <= min(rtol * |L_fast| + atol, ctol * max(|L_fast|, 1)).
+
+    A clip's loss moves by at most about |logit error| * min(its loss, 1), so the errors shrink
+    with the loss: the first part, relative with a floor, is what lets a low-loss surface
+    refine few points. The logit error grows with a model's logits, that is as its loss falls,
+    so the relative part must be wide enough for the lowest losses; the second part (absolute
+    below 1) keeps it from being needlessly wide at ordinary losses.
+    """
+
+    rtol: float
+    atol: float
+    ctol: float
+
+    def __post_init__(self) -> None:
+        if not (self.rtol >= 0 and 0 < self.atol < math.inf and 0 < self.ctol < math.inf):
+            raise ValueError(f"refine bound needs rtol >= 0, atol > 0 and ctol > 0, got {self}")
+
+    def __call__(self, loss: np.ndarray) -> np.ndarray:
+        size = np.abs(np.nan_to_num(np.asarray(loss, dtype=np.float64), nan=0.0, posinf=0.0,
+                                    neginf=0.0))  # fmt: skip
+        return np.minimum(self.rtol * size + self.atol, self.ctol * np.maximum(size, 1.0))
+
+    def scaled(self, factor: float) -> RefineBound:
+        return RefineBound(factor * self.rtol, factor * self.atol, factor * self.ctol)
+
+
+# Each part is twice the largest error measured, rounded up to two digits: rtol from the
+# largest |L_fast - L_IEEE| / |L_fast|, atol from the largest absolute error among the lowest
+# tenth of the losses of the lowest-loss surface (a floor below the smallest loss measured),
+# ctol from the largest error / max(|L_fast|, 1). Measured by tests/benchmarks/bench_refine.py
+# on a CPU (2026-12-04, one thread, CPU autocast) over 18 CNN10s trained on learnable clips
+# (surface losses 5.7e-6 to 5.2): width 1/8, 100 frames, 64 clips, lr 1e-3 (`--reduced --seed 0
+# --epochs 3 20 60 300`, `--seed 1 --epochs 10 40 120 300`), width 1/16, 24 frames, lr 1e-2
+# (`--seed {0,1} --epochs 2 5 20 80`) and the models of tests/landscape/test_refine.py
+# (`--mels 32 --classes 4 --clips 16 --seed 5 --epochs 10 80`). Largest: bfloat16 0.122 of
+# |L_fast|, 2.3e-7 at losses below 7.4e-6, 0.0444 of max(|L_fast|, 1); float16 0.0295, 3.2e-8,
+# 0.0098 (each on the 4-class model at 80 epochs). tf32 cannot be emulated on a CPU (it is IEEE
+# float32 there); it rounds the inputs of convolutions and matrix products to float16's 10-bit
+# mantissa but keeps float32 activations, so it takes float16's bound (on an H200,
+# bench_precision.py measured tf32's loss errors below float16's: 2.5e-3 against 4.3e-3).
+# To be re-measured on a GPU (tests/benchmarks/run_gpu_paper.sh).
+REFINE_BOUND = {
+    "tf32": RefineBound(rtol=0.059, atol=6.4e-8, ctol=0.020),
+    "float16": RefineBound(rtol=0.059, atol=6.4e-8, ctol=0.020),
+    "bfloat16": RefineBound(rtol=0.25, atol=4.6e-7, ctol=0.089),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,19 +266,21 @@ def refine_surface(
     evaluate_ieee: Callable[[list[int], int], dict[int, tuple[float, float]]],
     grid: Grid,
     radius: float,
-    rtol: float,
+    bound: RefineBound,
     log: logging.Logger,
 ) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
     """The surface `fast` (every grid point, at a fast precision) with the points that decide
     its sharpness re-evaluated in IEEE float32, so that every sharpness variant at `radius` is
     the IEEE one (sharpness.decisive_points says which points and why).
 
-    `evaluate_ieee(points, round)` returns {p: (loss, acc)} in IEEE float32. The fast error
-    bound is rtol * max(|loss|, 1); where a re-evaluated point's error exceeds it, the bound is
-    widened to twice that error and the selection repeated, until every re-evaluated point is
-    within the bound in force. Returns the merged results and what to record: refined_points
-    (flat indices), refined_precision, refined_fast_loss, refine_rtol (the bound used) and
-    refine_max_error (the largest relative error seen).
+    `evaluate_ieee(points, round)` returns {p: (loss, acc)} in IEEE float32. `bound` is the
+    fast precision's stated error (REFINE_BOUND); where a re-evaluated point's error exceeds
+    it, every part is widened by twice the largest excess factor and the selection repeated,
+    until every re-evaluated point is within the bound in force. Returns the merged results and
+    what to record: refined_points (flat indices), refined_precision, refined_fast_loss,
+    refine_rtol, refine_atol and refine_ctol (the bound in force at the end), refine_max_error
+    (the largest |L_fast - L_IEEE| seen) and refine_max_ratio (the largest error over the
+    stated bound: above 1, the bound was widened).
     """
     from ascsharp.landscape.sharpness import decisive_points
 
@@ -241,31 +288,37 @@ def refine_surface(
         raise ValueError("refining needs the whole grid in one job (landscape.shards: 1)")
     x, y = grid.xcoordinates, grid.ycoordinates
     loss = np.array([fast[p][0] for p in range(grid.n_points)]).reshape(grid.ynum, grid.xnum)
-    scale = np.maximum(np.abs(np.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)), 1.0)
+    stated = bound(loss)
+    widen = 1.0  # the bound in force is widen * stated
     exact: dict[int, tuple[float, float]] = {}
-    worst = 0.0
+    worst = ratio = 0.0
     for rounds in range(grid.n_points + 1):  # each round adds a point or ends
-        todo = np.flatnonzero(decisive_points(x, y, loss, rtol * scale, radius))
+        todo = np.flatnonzero(decisive_points(x, y, loss, widen * stated, radius))
         todo = [int(p) for p in todo if int(p) not in exact]
         if not todo:
             break
         exact.update(evaluate_ieee(todo, rounds))
-        errors = [abs(exact[p][0] - fast[p][0]) / scale.flat[p] for p in exact
-                  if math.isfinite(exact[p][0]) and math.isfinite(fast[p][0])]  # fmt: skip
-        worst = max(errors, default=0.0)
-        log.info("refine round %d: %d points re-evaluated in IEEE float32, largest relative "
-                 "error %.3g (bound %.3g)", rounds + 1, len(todo), worst, rtol)  # fmt: skip
-        if worst > rtol:
-            log.warning("fast error %.3g above the stated bound %.3g: widened to %.3g",
-                        worst, rtol, 2 * worst)  # fmt: skip
-            rtol = 2 * worst
+        seen = [p for p in exact if math.isfinite(exact[p][0]) and math.isfinite(fast[p][0])]
+        errors = np.array([abs(exact[p][0] - fast[p][0]) for p in seen])
+        worst = float(errors.max(initial=0.0))
+        ratio = float((errors / stated.flat[seen]).max(initial=0.0))
+        log.info("refine round %d: %d points re-evaluated in IEEE float32, largest error %.3g, "
+                 "%.3g of the stated bound (in force: %.3g of it)",
+                 rounds + 1, len(todo), worst, ratio, widen)  # fmt: skip
+        if ratio > widen:
+            log.warning("fast error %.3g of the stated bound (%s), above the %.3g in force: "
+                        "widened to %.3g", ratio, bound, widen, 2 * ratio)  # fmt: skip
+            widen = 2 * ratio
     points = sorted(exact)
     info = {
         "refined_points": points,
         "refined_precision": "float32",
         "refined_fast_loss": [fast[p][0] for p in points],
-        "refine_rtol": rtol,
+        "refine_rtol": widen * bound.rtol,
+        "refine_atol": widen * bound.atol,
+        "refine_ctol": widen * bound.ctol,
         "refine_max_error": worst,
+        "refine_max_ratio": ratio,
     }
     return {**fast, **exact}, info
 
@@ -350,7 +403,7 @@ def evaluate_shard(
             )  # fmt: skip
 
         results, refinement = refine_surface(
-            results, ieee, grid, refine_radius, REFINE_RTOL[precision], log
+            results, ieee, grid, refine_radius, REFINE_BOUND[precision], log
         )
     write_shard(out, grid, indices, results, {
         "run": ckpt["run"],
