@@ -157,7 +157,7 @@ def test_tables_keyed_by_an_enumeration_have_its_names():
     from ascsharp.analysis.summary import MEASURE_COLUMNS
     from ascsharp.core.surface import SURFACE_SPLITS
     from ascsharp.features.clips import SPLITS as CLIP_SETS
-    from ascsharp.landscape.compute import REFINE_RTOL
+    from ascsharp.landscape.compute import REFINE_BOUND
     from ascsharp.measures.job import _FUNCTIONS
     from ascsharp.train.evaluate import PRECISIONS as DTYPES
 
@@ -168,7 +168,7 @@ def test_tables_keyed_by_an_enumeration_have_its_names():
     assert set(MEASURE_COLUMNS) == measures
     assert set(_rules_dict("MEASURE_FORWARD_PASSES")) == measures
     assert set(DTYPES) == set(PRECISIONS)
-    assert set(REFINE_RTOL) == set(PRECISIONS) - {"float32"}  # every fast precision
+    assert set(REFINE_BOUND) == set(PRECISIONS) - {"float32"}  # every fast precision
     assert SURFACE_SPLITS == SPLITS
     assert set(SPLITS) <= set(CLIP_SETS)
     assert set(_rules_dict("FOLD_OF_STORE")) == set(SPLITS)
