@@ -34,43 +34,26 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
+# One rules file per stage, in workflow order (a stage's file reads the settings of the stages
+# before it); what they share is in common.smk.
 include: "workflow/rules/common.smk"
-include: "workflow/rules/report.smk"
-include: "workflow/rules/views_common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/landscape.smk"
-include: "workflow/rules/sharpness.smk"
 include: "workflow/rules/measures.smk"
-include: "workflow/rules/analysis.smk"
-include: "workflow/rules/figures.smk"
 include: "workflow/rules/views.smk"
+include: "workflow/rules/analysis.smk"
 
 
-# Cheap steps run on the submit host under --profile slurm instead of queueing as jobs.
 localrules:
     all,
-    validation_split,
-    directions,
-    gather,
-    run_sharpness,
-    summarize,
-    correlations,
-    rank_measures,
-    figures,
-    report_tables,
-    training_curves,
-    landscape_montage,
-    landscape_views,
-    surfaces_page,
-    compare_published,
-    paper_table,
 
 
 rule all:
     default_target: True
     input:
-        all_targets(),
-        figure_targets(),
+        train_targets(),
+        landscape_targets(),
         views_targets(),
+        analysis_targets(),

@@ -443,3 +443,58 @@ def test_rules_pass_only_declared_files():
             if re.search(r"(results|logs|data|benchmarks)/", literal):
                 offenders.append(f"{path.name}: {block.strip()}")
     assert not offenders, offenders
+
+
+# --- the rules' shape -------------------------------------------------------------------------
+def _rules() -> dict[str, dict[str, str]]:
+    """Rule name -> {"file": its rules file, directive: the directive's text} for every rule."""
+    rules = {}
+    for path in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        parts = re.split(r"^( *)rule (\w+):\n", path.read_text(), flags=re.M)
+        for indent, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
+            inner = " " * (len(indent) + 4)
+            # The rule's body: its lines indented deeper than `rule`, up to the next code line.
+            body = re.match(rf"((?:{inner}.*\n|\s*\n)*)", body).group(1)
+            chunks = re.split(rf"^{inner}(\w+):", body, flags=re.M)
+            rules[name] = {"file": path.name, **dict(zip(chunks[1::2], chunks[2::2], strict=True))}
+    return rules
+
+
+def test_one_rules_file_per_stage():
+    """The rules files are the package's stages (and common.smk, what they share)."""
+    files = {p.stem for p in (ROOT / "workflow/rules").glob("*.smk")}
+    assert files == {"common", *SLICES[1:]}
+    assert not re.search(r"^\s*rule \w+:", (ROOT / "workflow/rules/common.smk").read_text(), re.M)
+
+
+def test_every_rule_logs_stdout_and_stderr_and_is_benchmarked():
+    """Each command's output (stdout and stderr) goes to logs/<rule>/..., its time and memory
+    to benchmarks/<rule>/... (`ascsharp cost` reads them per rule)."""
+    wrong = []
+    for name, rule in _rules().items():
+        if "shell" not in rule:
+            continue
+        if not re.search(rf'"logs/{name}/', rule.get("log", "")):
+            wrong.append(f"{name}: log not under logs/{name}/")
+        if not re.search(rf'"benchmarks/{name}/[^"]+\.tsv"', rule.get("benchmark", "")):
+            wrong.append(f"{name}: no benchmark under benchmarks/{name}/")
+        if not re.search(r' > \{log\} 2>&1"\s*$', rule["shell"]):
+            wrong.append(f"{name}: shell does not end with > {{log}} 2>&1")
+    assert len(_rules()) > 20
+    assert not wrong, wrong
+
+
+def test_every_param_is_read_by_the_command():
+    """A rule's params are what its shell line passes (`{params.x}`), no more (a param the
+    command does not read would rerun the rule for nothing) and no less."""
+    wrong = {}
+    for name, rule in _rules().items():
+        if "shell" not in rule:
+            continue
+        block = rule.get("params", "")
+        indent = re.search(r"^( +)\w+=", block, re.M)
+        declared = set(re.findall(rf"^{indent.group(1)}(\w+)=", block, re.M)) if indent else set()
+        used = set(re.findall(r"\{params\.(\w+)", rule["shell"]))
+        if declared != used:
+            wrong[name] = {"unused": sorted(declared - used), "undeclared": sorted(used - declared)}
+    assert not wrong, wrong

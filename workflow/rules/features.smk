@@ -2,6 +2,24 @@
 # store test = fold1_evaluate), plus the location-disjoint validation hold-out, stored as an
 # index into train.npy.
 
+FEATURES = config["features"]
+FOLD_OF_STORE = {"train": "train", "test": "evaluate"}
+# One feature store: ~5 CPU minutes per thread for the real set (README), plus reading 30 GB.
+FEATURES_MINUTES = 60
+
+
+def features_runtime(wildcards, attempt):
+    return attempt * FEATURES_MINUTES
+
+
+def features_memory_mb(wildcards, attempt):
+    """The store is written through a memory map; decoding and resampling need the rest."""
+    return attempt * 4000
+
+
+localrules:
+    validation_split,
+
 
 rule features:
     input:
@@ -23,14 +41,21 @@ rule features:
         fold=lambda w: FOLD_OF_STORE[w.store],
         audio_sample_rate=config["dataset"]["audio_sample_rate"],
         clip_seconds=config["dataset"]["clip_seconds"],
-        dtype=config["features"]["dtype"],
-        mel=mel_args(),
+        sample_rate=FEATURES["sample_rate"],
+        n_fft=FEATURES["n_fft"],
+        hop_length=FEATURES["hop_length"],
+        n_mels=FEATURES["n_mels"],
+        fmin=FEATURES["fmin"],
+        fmax=FEATURES["fmax"],
+        dtype=FEATURES["dtype"],
     shell:
-        "ascsharp features --root {params.root:q} --fold {params.fold} --out-npy {output.npy}"
-        " --out-tsv {output.tsv} --out-json {output.about}"
-        " --audio-sample-rate {params.audio_sample_rate}"
-        " --clip-seconds {params.clip_seconds} --dtype {params.dtype}"
-        " --threads {threads} {params.mel} 2> {log}"
+        "ascsharp features --root {params.root:q} --fold {params.fold}"
+        " --audio-sample-rate {params.audio_sample_rate} --clip-seconds {params.clip_seconds}"
+        " --sample-rate {params.sample_rate} --n-fft {params.n_fft}"
+        " --hop-length {params.hop_length} --n-mels {params.n_mels}"
+        " --fmin {params.fmin} --fmax {params.fmax} --dtype {params.dtype}"
+        " --threads {threads} --out-npy {output.npy} --out-tsv {output.tsv}"
+        " --out-json {output.about} > {log} 2>&1"
 
 
 rule validation_split:
@@ -40,9 +65,11 @@ rule validation_split:
         "results/features/validation.tsv",
     log:
         "logs/validation_split/validation_split.log",
+    benchmark:
+        "benchmarks/validation_split/validation_split.tsv"
     params:
-        fraction=config["features"]["validation_fraction"],
-        seed=config["features"]["validation_seed"],
+        fraction=FEATURES["validation_fraction"],
+        seed=FEATURES["validation_seed"],
     shell:
         "ascsharp holdout {input} --fraction {params.fraction}"
-        " --seed {params.seed} --out {output} 2> {log}"
+        " --seed {params.seed} --out {output} > {log} 2>&1"

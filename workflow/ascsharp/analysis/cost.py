@@ -1,8 +1,8 @@
 """What a finished run cost, per rule, from Snakemake's benchmark files.
 
-Every expensive rule declares `benchmark: benchmarks/<rule>/<its output path>.tsv`; Snakemake
-writes one row per run of the job there (s: wall seconds, cpu_time: user + system CPU seconds,
-max_rss: MB, ...). A rerun of a job (after a kill, or a retry) overwrites its file, so an
+Every rule that runs a command declares `benchmark: benchmarks/<rule>/<its wildcards>.tsv`;
+Snakemake writes one row per run of the job there (s: wall seconds, cpu_time: user + system CPU
+seconds, max_rss: MB, ...). A rerun of a job (after a kill, or a retry) overwrites its file, so an
 interrupted attempt's time is not counted.
 """
 

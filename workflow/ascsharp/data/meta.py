@@ -23,7 +23,7 @@ FOLD_FILES = {
 }
 META_FILE = "meta.csv"
 # Written by `ascsharp synth` / `ascsharp download` into the folder they publish, last: the one
-# file that stands for a generated or downloaded set (common.smk makes it the features' input).
+# file that stands for a generated or downloaded set (data.smk makes it the features' input).
 SYNTHETIC_MARKER = ".ascsharp-synthetic.json"
 DOWNLOAD_MARKER = ".ascsharp-download.json"
 META_COLUMNS = ["filename", "scene_label", "identifier", "source_label"]
