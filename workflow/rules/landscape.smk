@@ -183,12 +183,14 @@ rule run_sharpness:
 
 rule landscape_montage:
     input:
-        lambda w: expand(
-            "{dir}/surface.h5",
-            dir=[
-                landscape_dir(run, MONTAGE_SEED) for run in runs_where("arch", w.arch)
-            ],
-        ),
+        surfaces=lambda w: [
+            f"{landscape_dir(run, MONTAGE_SEED)}/surface.h5"
+            for run in runs_where("arch", w.arch)
+        ],
+        # The sharpness printed in each panel (and the ε-disk drawn) is the sharpness stage's.
+        sharpness=lambda w: [
+            f"results/sharpness/{run}.json" for run in runs_where("arch", w.arch)
+        ],
     output:
         png=f"{FIGURES}/landscapes/arch~{{arch}}.png",
         svg=figure(
@@ -203,10 +205,8 @@ rule landscape_montage:
         "logs/landscape_montage/arch~{arch}.log",
     benchmark:
         "benchmarks/landscape_montage/arch~{arch}.tsv"
-    params:
-        radius=RADIUS,
     shell:
-        "ascsharp landscape-montage {input} --radius {params.radius}"
+        "ascsharp landscape-montage {input.surfaces} --sharpness {input.sharpness}"
         " --out {output.png} {output.svg} > {log} 2>&1"
 
 
