@@ -62,7 +62,7 @@ from ascsharp.landscape.compute import evaluate_points
 from ascsharp.train.evaluate import PRECISIONS, forward_precision
 from ascsharp.train.loop import _train_epoch, batch_count  # noqa: E402
 from ascsharp.train.models import build_model  # noqa: E402
-from ascsharp.train.optim import make_stepper  # noqa: E402
+from ascsharp.train.optim import make_stepper
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "workflow" / "presets" / "paper.yaml"

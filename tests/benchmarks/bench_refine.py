@@ -43,7 +43,8 @@ from ascsharp.landscape.sharpness import (
     sharpness,
 )
 from ascsharp.train.models import build_model  # noqa: E402
-from ascsharp.train.optim import Stepper, make_stepper  # noqa: E402
+from ascsharp.train.optim import make_stepper
+from ascsharp.train.stepper import Stepper
 
 GRID = Grid(-0.25, 0.25, 11, -0.25, 0.25, 11)
 # The bound before 2026-12-04: |L_fast - L_IEEE| <= rtol * max(|L_fast|, 1), absolute below 1

@@ -33,7 +33,7 @@ from bench_landscape import NpyClips, build, dispatch, write_clip_files  # noqa:
 
 from ascsharp.features.clips import Clips, Store  # noqa: E402
 from ascsharp.train.loop import Job, TrainFiles, TrainSettings, _train_epoch  # noqa: E402
-from ascsharp.train.optim import make_stepper  # noqa: E402
+from ascsharp.train.optim import make_stepper
 
 
 def peak_main(argv: list[str]) -> None:

@@ -24,13 +24,8 @@ from torch.func import functional_call
 from ascsharp.cli import main
 from ascsharp.core.seeds import generator
 from ascsharp.core.tensors import weights_digest
-from ascsharp.measures.adaptive import (
-    adaptive_average,
-    adaptive_worst,
-    checkpoints,
-    scales,
-    worst_batches,
-)
+from ascsharp.measures.adaptive import adaptive_average, scales
+from ascsharp.measures.adaptive_worst import adaptive_worst, checkpoints, worst_batches
 from ascsharp.measures.common import Cost, loss_and_gradient
 from ascsharp.measures.curvature import hessian, hessian_operator, rademacher
 from ascsharp.train import checkpoint

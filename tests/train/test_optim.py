@@ -11,14 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ascsharp.train.kfac import input_factor, kfac_generator, output_factor
 from ascsharp.train.models import build_model
-from ascsharp.train.optim import (
-    STEPPERS,
-    input_factor,
-    kfac_generator,
-    make_stepper,
-    output_factor,
-)
+from ascsharp.train.optim import STEPPERS, make_stepper
 
 torch.set_num_threads(1)
 

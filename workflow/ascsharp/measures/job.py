@@ -23,7 +23,8 @@ from ascsharp.core.seeds import derive_seed
 from ascsharp.core.tensors import weights_digest
 from ascsharp.features.clips import Clips, Store, load_clips, surface_clips
 from ascsharp.measures import MEASURES
-from ascsharp.measures.adaptive import adaptive_average, adaptive_worst
+from ascsharp.measures.adaptive import adaptive_average
+from ascsharp.measures.adaptive_worst import adaptive_worst
 from ascsharp.measures.common import UnitHook
 from ascsharp.measures.curvature import hessian
 from ascsharp.measures.generalization import inverse_margin, norms, pacbayes
