@@ -292,27 +292,36 @@ import json, os, sys
 from pathlib import Path
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
-args = json.loads(sys.argv[1])
-with SnakemakeApi(OutputSettings()) as api:
-    wf = api.workflow(
-        ResourceSettings(cores=8, nodes=args.get("nodes"), resources=args.get("resources", {})),
-        ConfigSettings(configfiles=[Path(c) for c in args.get("configfiles", [])]),
-        snakefile=Path("Snakefile"), workdir=Path("."),
-    )._workflow
-    print("RESULT " + json.dumps({"config": wf.config,
-                                  "gpu": wf.global_resources.get("gpu").value
-                                  if "gpu" in wf.global_resources else None}))
+for extra_env, args in json.loads(sys.argv[1]):
+    os.environ.update(extra_env)  # read by the Snakefile as it is parsed (common.smk)
+    with SnakemakeApi(OutputSettings()) as api:
+        wf = api.workflow(
+            ResourceSettings(cores=8, nodes=args.get("nodes"),
+                             resources=args.get("resources", {})),
+            ConfigSettings(configfiles=[Path(c) for c in args.get("configfiles", [])]),
+            snakefile=Path("Snakefile"), workdir=Path("."),
+        )._workflow
+        print("RESULT " + json.dumps({"config": wf.config,
+                                      "gpu": wf.global_resources.get("gpu").value
+                                      if "gpu" in wf.global_resources else None}))
 """
 
 
-def inspect(work: Path, extra_env: dict[str, str] | None = None, **args) -> dict:
-    """The effective config and the global `gpu` limit of a workflow as Snakemake builds it."""
-    proc = subprocess.run([sys.executable, "-c", _INSPECT, json.dumps(args)], cwd=work,
-                          env={**env(), **(extra_env or {})}, capture_output=True,
-                          text=True)  # fmt: skip
+def inspect_each(work: Path, cases: list[tuple[dict[str, str], dict]]) -> list[dict]:
+    """For each (environment variables, settings) case, the effective config and the global
+    `gpu` limit of the workflow as Snakemake builds it; all in one Python process, one
+    workflow after another (each case names every variable it depends on)."""
+    proc = subprocess.run([sys.executable, "-c", _INSPECT, json.dumps(cases)], cwd=work,
+                          env=env(), capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert len(lines) == len(cases), proc.stdout[-3000:]
+    return [json.loads(line.removeprefix("RESULT ")) for line in lines]
+
+
+def inspect(work: Path, extra_env: dict[str, str] | None = None, **args) -> dict:
+    """The effective config and the global `gpu` limit of one workflow (inspect_each)."""
+    return inspect_each(work, [(extra_env or {}, args)])[0]
 
 
 def _merged(*files: Path) -> dict:
@@ -366,10 +375,11 @@ def test_a_preset_is_the_schema_plus_its_own_keys_never_the_demo(project, preset
 @pytest.mark.slow
 def test_the_demo_runs_without_a_configfile_and_equals_it_given_once_or_twice(project):
     work = project
-    plain = inspect(work)["config"]
+    given = [[], ["config.yaml"], ["config.yaml", "config.yaml"]]
+    plain, once, twice = (r["config"] for r in inspect_each(work, [({}, {"configfiles": c})
+                                                                  for c in given]))  # fmt: skip
     assert plain == _merged(work / "config.yaml")
-    assert inspect(work, configfiles=["config.yaml"])["config"] == plain
-    assert inspect(work, configfiles=["config.yaml", "config.yaml"])["config"] == plain
+    assert once == plain and twice == plain
 
 
 @pytest.mark.slow
@@ -393,20 +403,28 @@ def test_paper_preset_measures_run_with_the_schemas_settings(project):
 
 
 # --- GPUs on a workstation -------------------------------------------------------------------
+GPU_CASES = [
+    ("0", {}, 1),  # one card: one GPU job at a time
+    ("0,1", {}, 1),  # every job would use the first card
+    ("", {}, None),  # CPU only: --cores 8 runs 8 grid jobs
+    ("-1", {}, None),
+    ("0", {"resources": {"gpu": 2}}, 2),  # the user's own limit wins
+    ("0", {"nodes": 64}, None),  # a cluster run (--jobs, --profile slurm): Slurm decides
+]
+
+
+@pytest.fixture(scope="module")
+def gpu_limits(project) -> list[int | None]:
+    """The global `gpu` limit of each case of GPU_CASES (one Python process for all)."""
+    cases = [({"CUDA_VISIBLE_DEVICES": visible}, args) for visible, args, _ in GPU_CASES]
+    return [result["gpu"] for result in inspect_each(project, cases)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("visible", "args", "limit"),
-    [
-        ("0", {}, 1),  # one card: one GPU job at a time
-        ("0,1", {}, 1),  # every job would use the first card
-        ("", {}, None),  # CPU only: --cores 8 runs 8 grid jobs
-        ("-1", {}, None),
-        ("0", {"resources": {"gpu": 2}}, 2),  # the user's own limit wins
-        ("0", {"nodes": 64}, None),  # a cluster run (--jobs, --profile slurm): Slurm decides
-    ],
-)
-def test_local_runs_hold_one_gpu_job_per_visible_card(project, visible, args, limit):
-    assert inspect(project, {"CUDA_VISIBLE_DEVICES": visible}, **args)["gpu"] == limit
+@pytest.mark.parametrize("case", range(len(GPU_CASES)),
+                         ids=[f"{v or 'none'}-{a}" for v, a, _ in GPU_CASES])  # fmt: skip
+def test_local_runs_hold_one_gpu_job_per_visible_card(gpu_limits, case):
+    assert gpu_limits[case] == GPU_CASES[case][2]
 
 
 # --- As a module -----------------------------------------------------------------------------
