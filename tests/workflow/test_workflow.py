@@ -28,6 +28,7 @@ from workflow_run import (
     fake_dataset,
     result_numbers,
     snakemake,
+    snakemake_batch,
 )
 
 from ascsharp.analysis.correlation import TABLE_COLUMNS
@@ -77,7 +78,11 @@ def _job_counts(proc) -> dict[str, int]:
 
 def _jobs(proc) -> list[dict]:
     """Every job a dry run lists: rule, wildcards and resources, as Snakemake prints them."""
-    text = proc.stdout + proc.stderr
+    return _jobs_in(proc.stdout + proc.stderr)
+
+
+def _jobs_in(text: str) -> list[dict]:
+    """Every job listed in a dry run's output (_jobs)."""
     jobs = []
     for block in re.split(r"\n\[[^\]]+\]\n", text)[1:]:
         head = re.match(r"rule (\w+):", block)
@@ -219,12 +224,16 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
     local = _localrules(work, "workflow/presets/paper.yaml", "my-data.yaml")
     keys = ("runtime", "mem_mb", "gpu")
 
-    def submitted(cmd: list[str]) -> dict[tuple[str, str], dict[str, str]]:
-        jobs = _jobs(snakemake(work, *cmd[1:], "-n"))
+    # The plain command and every README command, dry-run in a few Python processes.
+    plain_cmd = ["snakemake", "--profile", "slurm", "--configfile",
+                 "workflow/presets/paper.yaml", "my-data.yaml"]  # fmt: skip
+    outputs = snakemake_batch(work, [[*cmd[1:], "-n"] for cmd in [plain_cmd, *commands]])
+
+    def submitted(output: str) -> dict[tuple[str, str], dict[str, str]]:
+        jobs = _jobs_in(output)
         return {(j["rule"], j["wildcards"]): j["resources"] for j in jobs if j["rule"] not in local}
 
-    plain = submitted(["snakemake", "--profile", "slurm", "--configfile",
-                       "workflow/presets/paper.yaml", "my-data.yaml"])  # fmt: skip
+    plain = submitted(outputs[0])
     by_rule: dict[str, set[tuple]] = {}
     for (rule, _), res in plain.items():
         by_rule.setdefault(rule, set()).add(tuple(res.get(k) for k in keys))
@@ -237,8 +246,8 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
     assert {r[2] for rule in gpu_rules for r in by_rule[rule]} == {"1"}
     assert {r[2] for r in by_rule["features"]} == {None}
     assert all(int(r[0]) >= 60 for r in by_rule["landscape_shard"])
-    for cmd in commands:
-        got = submitted(cmd)
+    for cmd, output in zip(commands, outputs[1:], strict=True):
+        got = submitted(output)
         assert got and set(got) <= set(plain), shlex.join(cmd)
         for job, res in got.items():
             assert [res.get(k) for k in keys] == [plain[job].get(k) for k in keys], job
