@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +44,31 @@ def fake_dataset(root: Path) -> Path:
     return root
 
 
-def env() -> dict[str, str]:
+@functools.cache
+def _failing_scontrol() -> Path:
+    """A folder holding an `scontrol` that fails at once (env)."""
+    folder = Path(tempfile.mkdtemp(prefix="no-scontrol-"))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / "scontrol").write_text(
+        "#!/bin/sh\necho 'scontrol: no Slurm controller outside the Slurm test' >&2\nexit 1\n"
+    )
+    (folder / "scontrol").chmod(0o755)
+    return folder
+
+
+def env(slurm: bool = False) -> dict[str, str]:
     """The environment of a user who activated the venv (`ascsharp` and `snakemake` on PATH),
-    with torch's CPU kernels pinned to AVX2 on x86-64 (PINNED_CPU_ISA)."""
+    with torch's CPU kernels pinned to AVX2 on x86-64 (PINNED_CPU_ISA).
+
+    Unless `slurm`, `scontrol` fails at once: the Slurm executor plugin runs `scontrol show
+    config` each time Snakemake starts (for a help text), and where Slurm is installed but no
+    controller runs (CI, outside the Slurm test) that call waits ~9 s for a connection, in every
+    dry run. Nothing else of a local run or a dry run calls it."""
     e = dict(os.environ)
-    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    path = [str(Path(sys.executable).parent), e.get("PATH", "")]
+    if not slurm and shutil.which("scontrol"):
+        path.insert(1, str(_failing_scontrol()))  # the venv's folder stays first
+    e["PATH"] = os.pathsep.join(path)
     if platform.machine() in ("x86_64", "AMD64"):
         e.update(PINNED_CPU_ISA)
     return e
@@ -92,7 +115,6 @@ def snakemake_batch(workdir: Path, argvs: list[list[str]], workers: int | None =
     run in `workers` Python processes at once (default: one per core). For read-only commands
     (dry runs): they share the folder. Fails like `snakemake` on the first command that fails."""
     import json
-    import tempfile
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(argvs)))
     chunks = [argvs[i::workers] for i in range(workers)]

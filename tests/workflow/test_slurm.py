@@ -112,7 +112,7 @@ def cluster_run(slurm_cluster, tiny_run, tmp_path_factory) -> ClusterRun:
     tmp = tmp_path_factory.mktemp("cluster")
     work = copy_project(tmp / "work")
     slow_jobs = tmp / "slow_jobs.txt"
-    run_env = env()
+    run_env = env(slurm=True)
     run_env["PATH"] = f"{_slow_ascsharp(tmp / 'bin', slow_jobs)}{os.pathsep}{run_env['PATH']}"
     snakemake = str(Path(env()["PATH"].split(os.pathsep)[0]) / "snakemake")
     # The test node has 2 CPUs, and bit-equal results need the local run's thread counts.
