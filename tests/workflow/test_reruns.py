@@ -350,7 +350,6 @@ def _leaves(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("presets", [[PAPER], [PAPER, VALIDATION]], ids=["paper", "validation"])
 def test_a_preset_is_the_schema_plus_its_own_keys_never_the_demo(project, presets):
     work = project
@@ -372,7 +371,6 @@ def test_a_preset_is_the_schema_plus_its_own_keys_never_the_demo(project, preset
         assert got[key] == value != demo[key], key
 
 
-@pytest.mark.slow
 def test_the_demo_runs_without_a_configfile_and_equals_it_given_once_or_twice(project):
     work = project
     given = [[], ["config.yaml"], ["config.yaml", "config.yaml"]]
@@ -382,7 +380,6 @@ def test_the_demo_runs_without_a_configfile_and_equals_it_given_once_or_twice(pr
     assert once == plain and twice == plain
 
 
-@pytest.mark.slow
 def test_paper_preset_measures_run_with_the_schemas_settings(project):
     out = snakemake(project, "-n", "-p", "--configfile", PAPER, "my-data.yaml")
     commands = re.findall(r"^Shell command: (ascsharp measure .*)$", out.stdout, flags=re.M)
@@ -420,7 +417,6 @@ def gpu_limits(project) -> list[int | None]:
     return [result["gpu"] for result in inspect_each(project, cases)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", range(len(GPU_CASES)),
                          ids=[f"{v or 'none'}-{a}" for v, a, _ in GPU_CASES])  # fmt: skip
 def test_local_runs_hold_one_gpu_job_per_visible_card(gpu_limits, case):
@@ -428,7 +424,6 @@ def test_local_runs_hold_one_gpu_job_per_visible_card(gpu_limits, case):
 
 
 # --- As a module -----------------------------------------------------------------------------
-@pytest.mark.slow
 def test_the_workflow_works_as_a_snakemake_module(project, tmp_path):
     host = tmp_path / "host"
     host.mkdir()

@@ -57,7 +57,6 @@ def test_snakefiles_are_snakefmt_clean():
 ACCEPTED_LINTS = {"Specify a conda environment or container for each rule."}
 
 
-@pytest.mark.slow
 def test_snakemake_lint_is_clean(tmp_path):
     proc = snakemake(copy_project(tmp_path), "--lint", check=False)
     found = set(re.findall(r"^\s*\* (.+?):?$", proc.stdout + proc.stderr, re.M))
@@ -113,7 +112,6 @@ def _localrules(work: Path, *configfiles: str) -> set[str]:
     return set(proc.stdout.split())
 
 
-@pytest.mark.slow
 def test_default_dry_run_lists_the_dag(tmp_path):
     from ascsharp.data.meta import SYNTHETIC_MARKER as MARKER
 
@@ -134,7 +132,6 @@ def test_default_dry_run_lists_the_dag(tmp_path):
     ]  # fmt: skip
 
 
-@pytest.mark.slow
 def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
     work = copy_project(tmp_path)
     data = fake_dataset(work / "dcase")
@@ -148,7 +145,6 @@ def test_paper_preset_dry_run_has_46_training_jobs(tmp_path):
     assert "synthesize" not in counts and "download" not in counts
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("profile", [[], ["--profile", "slurm"]], ids=["local", "slurm"])
 def test_paper_preset_without_data_stops_with_one_line(tmp_path, profile):
     """Before the data exist, a dry run says in one line how to point at them or download them."""
@@ -162,7 +158,6 @@ def test_paper_preset_without_data_stops_with_one_line(tmp_path, profile):
     assert "dataset.download.enabled: true" in errors[0] and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_download_is_planned_on_the_submit_host(tmp_path):
     """With the download enabled, the dry run plans it before features; compute nodes often
     have no internet, so it is a local rule under --profile slurm."""
@@ -198,7 +193,6 @@ def _readme_cluster_commands() -> list[list[str]]:
 PAPER_RUNTIME = {"features": {"60"}, "train": {"306", "510"}}
 
 
-@pytest.mark.slow
 def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
     """Site options on the command line replace the profile's option of the same name; the
     resources that the science needs are on the rules, so every README command keeps them,
@@ -259,7 +253,6 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
 GPU_RULES = {"train", "landscape_shard", "measure"}
 
 
-@pytest.mark.slow
 def test_a_retried_gpu_job_asks_for_attempt_times_the_time_and_memory(tmp_path):
     """A job killed for time or memory is resubmitted with `attempt` 2 and must ask for twice
     as much of both. Snakemake hands a job's attempt to the job's own Snakemake as `--attempt`;
