@@ -69,3 +69,13 @@ def tiny_run(tmp_path_factory) -> Path:
     work = copy_project(tmp_path_factory.mktemp("tiny"))
     snakemake(work, "--cores", "2", "--configfile", str(TINY))
     return work
+
+
+@pytest.fixture(scope="session")
+def tiny_report(tiny_run) -> Path:
+    """The tiny run's single-file Snakemake report, built once (the report test reads its
+    listing, the browser tests open it)."""
+    from workflow_run import TINY, snakemake
+
+    snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report.html")
+    return tiny_run / "results/report.html"

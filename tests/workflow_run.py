@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +44,31 @@ def fake_dataset(root: Path) -> Path:
     return root
 
 
-def env() -> dict[str, str]:
+@functools.cache
+def _failing_scontrol() -> Path:
+    """A folder holding an `scontrol` that fails at once (env)."""
+    folder = Path(tempfile.mkdtemp(prefix="no-scontrol-"))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / "scontrol").write_text(
+        "#!/bin/sh\necho 'scontrol: no Slurm controller outside the Slurm test' >&2\nexit 1\n"
+    )
+    (folder / "scontrol").chmod(0o755)
+    return folder
+
+
+def env(slurm: bool = False) -> dict[str, str]:
     """The environment of a user who activated the venv (`ascsharp` and `snakemake` on PATH),
-    with torch's CPU kernels pinned to AVX2 on x86-64 (PINNED_CPU_ISA)."""
+    with torch's CPU kernels pinned to AVX2 on x86-64 (PINNED_CPU_ISA).
+
+    Unless `slurm`, `scontrol` fails at once: the Slurm executor plugin runs `scontrol show
+    config` each time Snakemake starts (for a help text), and where Slurm is installed but no
+    controller runs (CI, outside the Slurm test) that call waits ~9 s for a connection, in every
+    dry run. Nothing else of a local run or a dry run calls it."""
     e = dict(os.environ)
-    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    path = [str(Path(sys.executable).parent), e.get("PATH", "")]
+    if not slurm and shutil.which("scontrol"):
+        path.insert(1, str(_failing_scontrol()))  # the venv's folder stays first
+    e["PATH"] = os.pathsep.join(path)
     if platform.machine() in ("x86_64", "AMD64"):
         e.update(PINNED_CPU_ISA)
     return e
@@ -60,6 +83,59 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1200, check: bool = True
         output = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
     return proc
+
+
+# Many `snakemake` command lines in one Python process: Snakemake's own command line, parsed and
+# run as its `snakemake` script runs it (cli.main without the exit), each with stdout and stderr
+# captured. Most of a dry run of the tiny workflow is starting Python and importing snakemake,
+# torch and ascsharp; the rerun matrix's ~95 dry runs pay that once per worker.
+_BATCH = r"""
+import contextlib, io, json, sys
+from snakemake.cli import args_to_api, parse_args
+from snakemake.exceptions import print_exception
+argvs, out = json.loads(sys.argv[1]), sys.argv[2]
+results = []
+for argv in argvs:
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        try:
+            parser, args = parse_args(argv)
+            ok = bool(args_to_api(args, parser))
+        except Exception as e:
+            print_exception(e)
+            ok = False
+    results.append({"ok": ok, "output": text.getvalue()})
+with open(out, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def snakemake_batch(workdir: Path, argvs: list[list[str]], workers: int | None = None) -> list[str]:
+    """What `snakemake *argv` prints (stdout and stderr together) in `workdir`, for each argv,
+    run in `workers` Python processes at once (default: one per core). For read-only commands
+    (dry runs): they share the folder. Fails like `snakemake` on the first command that fails."""
+    import json
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(argvs)))
+    chunks = [argvs[i::workers] for i in range(workers)]
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [Path(tmp) / f"{i}.json" for i in range(workers)]
+        logs = [Path(tmp) / f"{i}.log" for i in range(workers)]
+        procs = []
+        for chunk, out, log in zip(chunks, outs, logs, strict=True):
+            cmd = [sys.executable, "-c", _BATCH, json.dumps(chunk), str(out)]
+            with open(log, "w") as stderr:
+                procs.append(subprocess.Popen(cmd, cwd=workdir, env=env(), stderr=stderr))
+        for proc, log in zip(procs, logs, strict=True):
+            if proc.wait() != 0:
+                error = log.read_text()[-8000:]
+                raise AssertionError(f"snakemake batch failed ({proc.returncode}):\n{error}")
+        results = [json.loads(out.read_text()) for out in outs]
+    ordered = [results[i % workers][i // workers] for i in range(len(argvs))]
+    for argv, result in zip(argvs, ordered, strict=True):
+        if not result["ok"]:
+            raise AssertionError(f"snakemake {' '.join(argv)} failed:\n{result['output'][-8000:]}")
+    return [result["output"] for result in ordered]
 
 
 # --- Golden numbers: the tiny workflow's results, recorded before a refactor -----------------
@@ -111,9 +187,15 @@ def result_numbers(workdir: Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    # python tests/workflow_run.py WORKDIR: record WORKDIR's tiny run as the golden numbers.
+    # python tests/workflow_run.py WORKDIR: run the tiny config in WORKDIR as the tests run it (a
+    # copy of the project, CPU kernels pinned; nothing to do where it has finished), then record
+    # its numbers as the golden ones.
     import json
 
-    numbers = result_numbers(Path(sys.argv[1]))
+    work = Path(sys.argv[1])
+    if not (work / "Snakefile").exists():
+        copy_project(work)
+    snakemake(work, "--cores", "2", "--configfile", str(TINY), timeout=3600)
+    numbers = result_numbers(work)
     GOLDEN.write_text(json.dumps(numbers, indent=0, sort_keys=True) + "\n")
     print(f"{len(numbers)} numbers -> {GOLDEN}")

@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from workflow_run import TINY, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -92,20 +91,14 @@ def _colourful(pixels: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def report(tiny_run: Path) -> Path:
-    snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report_browser.html")
-    return tiny_run / "results/report_browser.html"
-
-
-@pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("screenshots")
     print(f"\nscreenshots of the report and its pages: {folder}")
     return folder
 
 
-def test_report_opens_with_the_answer(chromium, report, shots):
-    dom = _open(chromium, report.as_uri(), shots / "report.png")
+def test_report_opens_with_the_answer(chromium, tiny_report, shots):
+    dom = _open(chromium, tiny_report.as_uri(), shots / "report.png")
     # The report's app rendered its menu, the answer first.
     categories = re.findall(r">(\d\. [^<]+)<", dom)
     assert categories and categories[0].startswith("1. The answer"), categories

@@ -285,6 +285,7 @@ def check_learnable(acc: dict[str, float]) -> None:
     assert max(acc[d] for d in meta.UNSEEN_DEVICES) < min(acc[d] for d in ("a", "b", "c")), acc
 
 
+@pytest.mark.slow
 def test_learnable_at_16khz(tmp_path: Path):
     """10 cities, 2 locations x 2 segments at 16 kHz and 1 s: the signal model, cheaply."""
     root = tmp_path / "set"

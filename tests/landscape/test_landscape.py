@@ -255,6 +255,7 @@ def test_precisions_change_the_forward_only_as_named(setup):
     assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # PyTorch's default, restored
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_forward_follows_every_perturbation():
     """torch.compile must not freeze the weights it first saw: the compiled landscape (BN folded,

@@ -231,6 +231,7 @@ def ranking_summary(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_ranking_states_which_measures_beat_the_trivial_baselines():
     from ascsharp.analysis.summary import rank_measures
 

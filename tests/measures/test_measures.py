@@ -715,6 +715,7 @@ def test_measure_cli_refuses_options_of_another_measure(
                          "landscape"))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_measure_killed_with_sigkill_resumes_to_the_same_result(
     tmp_path, feature_store, model_file
 ):

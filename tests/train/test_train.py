@@ -163,6 +163,7 @@ def test_truncated_or_foreign_model_file_is_refused_by_name(feature_store, tmp_p
         checkpoint.load_model(foreign)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_rerun_equals_uninterrupted(feature_store, tmp_path):
     """A real SIGKILL of `ascsharp train`; the rerun resumes and ends where a clean run ends."""
     import signal

@@ -510,12 +510,12 @@ def test_surface_reader_keeps_diverged_points(tmp_path):
 
 
 def test_every_test_named_in_docs_faults_exists():
-    """docs/faults.md names its tests as `tests/FILE.py::NAME` (or `::NAME`: same file)."""
+    """docs/faults.md names its tests as `tests/STAGE/FILE.py::NAME` (or `::NAME`: same file)."""
     import re
 
     text = (ROOT / "docs" / "faults.md").read_text()
     current, named = None, []
-    for file, name in re.findall(r"`(tests/\w+\.py)?::(test_\w+)`", text):
+    for file, name in re.findall(r"`(tests/[\w/]+\.py)?::(test_\w+)`", text):
         current = file or current
         named.append((current, name))
     assert len(named) >= 20

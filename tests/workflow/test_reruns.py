@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from workflow_run import ROOT, TINY, copy_project, env, fake_dataset, snakemake
+from workflow_run import ROOT, TINY, copy_project, env, fake_dataset, snakemake, snakemake_batch
 
 from ascsharp.core.config import load_schema, schema_defaults, validate_config
 from ascsharp.data.meta import DOWNLOAD_MARKER
@@ -138,11 +138,20 @@ def new_value(key: str, schema: dict, current: Any) -> Any:
     raise AssertionError(f"{key}: no rule to change a value of schema {schema}")
 
 
+def dry_run_args(*configfiles: Path | str) -> list[str]:
+    """`snakemake` options of a quiet dry run of the whole workflow (its job table only)."""
+    options = ["-n", "--quiet", "rules"]
+    return [*options, "--configfile", *map(str, configfiles)] if configfiles else options
+
+
 def rules_to_run(workdir: Path, *configfiles: Path | str) -> set[str]:
     """The rules (not `all`) a dry run of the whole workflow schedules."""
-    args = ("--configfile", *map(str, configfiles)) if configfiles else ()
-    proc = snakemake(workdir, "-n", "--quiet", "rules", *args)
-    text = proc.stdout + proc.stderr
+    proc = snakemake(workdir, *dry_run_args(*configfiles))
+    return rules_in(proc.stdout + proc.stderr)
+
+
+def rules_in(text: str) -> set[str]:
+    """The rules (not `all`) in the job table of a dry run's output."""
     if "Job stats:" not in text:
         assert "Nothing to be done" in text, text[-3000:]
         return set()
@@ -155,26 +164,32 @@ def rules_to_run(workdir: Path, *configfiles: Path | str) -> set[str]:
     return rules - {"all", "total"}
 
 
-def _up_to_date(tiny_run: Path) -> None:
-    # Other tests rebuild parts of the tiny run: bring it up to date first (usually no work).
+@pytest.fixture(scope="module")
+def finished(tiny_run: Path) -> Path:
+    """The tiny run, up to date: tests of other modules rebuild parts of it (usually no work).
+    The tests here only dry-run it (or restore what they touch)."""
     snakemake(tiny_run, "--cores", "2", "--configfile", str(TINY))
     assert rules_to_run(tiny_run, TINY) == set()
+    return tiny_run
 
 
 @pytest.mark.slow
-def test_every_key_reruns_what_the_table_says(tiny_run, tmp_path):
-    _up_to_date(tiny_run)
+def test_every_key_reruns_what_the_table_says(finished, tmp_path):
     base, table = tiny_config(), rerun_table()
-    wrong = {}
+    values, paths = {}, {}
     for key, schema in schema_keys().items():
-        value = new_value(key, schema, get(base, key))
-        config = changed(base, key, value)
+        values[key] = new_value(key, schema, get(base, key))
+        config = changed(base, key, values[key])
         validate_config(config, source=key)  # the change itself is a valid config
-        path = tmp_path / f"{key}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        got = rules_to_run(tiny_run, path)
+        paths[key] = tmp_path / f"{key}.yaml"
+        paths[key].write_text(yaml.safe_dump(config))
+    # One dry run per key, as `snakemake -n` runs it, several per Python process.
+    outputs = snakemake_batch(finished, [dry_run_args(path) for path in paths.values()])
+    wrong = {}
+    for key, output in zip(paths, outputs, strict=True):
+        got = rules_in(output)
         if got != table[key]:
-            wrong[key] = {"value": value, "extra": sorted(got - table[key]),
+            wrong[key] = {"value": values[key], "extra": sorted(got - table[key]),
                           "missing": sorted(table[key] - got)}  # fmt: skip
     assert not wrong, json.dumps(wrong, indent=1, default=str)
 
@@ -195,22 +210,20 @@ def test_reversed_keys_helper_reverses_nested_mappings():
 
 
 @pytest.mark.slow
-def test_reordered_or_repeated_config_files_rerun_nothing(tiny_run, tmp_path):
-    _up_to_date(tiny_run)
+def test_reordered_or_repeated_config_files_rerun_nothing(finished, tmp_path):
     flipped = tmp_path / "reordered.yaml"
     flipped.write_text(yaml.safe_dump(_reversed_keys(yaml.safe_load(TINY.read_text())),
                                       sort_keys=False))  # fmt: skip
-    assert rules_to_run(tiny_run, flipped) == set()
-    assert rules_to_run(tiny_run, TINY, TINY) == set()
+    outputs = snakemake_batch(finished, [dry_run_args(flipped), dry_run_args(TINY, TINY)])
+    assert [rules_in(output) for output in outputs] == [set(), set()]
 
 
 @pytest.mark.slow
-def test_a_new_direction_seed_adds_only_its_jobs(tiny_run, tmp_path):
-    _up_to_date(tiny_run)
+def test_a_new_direction_seed_adds_only_its_jobs(finished, tmp_path):
     config = changed(tiny_config(), "landscape.direction_seeds", [42, 44])
     path = tmp_path / "seed44.yaml"
     path.write_text(yaml.safe_dump(config))
-    out = snakemake(tiny_run, "-n", "--configfile", str(path))
+    out = snakemake(finished, "-n", "--configfile", str(path))
     text = out.stdout + out.stderr
     jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", text, flags=re.M)
     by_rule: dict[str, list[str]] = {}
@@ -228,13 +241,12 @@ def test_a_new_direction_seed_adds_only_its_jobs(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_new_grid_seed_trains_only_the_new_runs(tiny_run, tmp_path):
-    _up_to_date(tiny_run)
+def test_a_new_grid_seed_trains_only_the_new_runs(finished, tmp_path):
     path = tmp_path / "seed44.yaml"
     path.write_text(
         yaml.safe_dump(changed(tiny_config(), "grid.blocks", SPECIAL_VALUES["grid.blocks"]))
     )
-    out = snakemake(tiny_run, "-n", "--configfile", str(path))
+    out = snakemake(finished, "-n", "--configfile", str(path))
     text = out.stdout + out.stderr
     counts = dict(re.findall(r"^(\w+) +(\d+)$", text.split("Job stats:")[1], flags=re.M))
     new_runs = 2  # adam and sgd with seed 44
@@ -246,21 +258,20 @@ def test_a_new_grid_seed_trains_only_the_new_runs(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_data_switches_rerun_nothing_once_the_data_exist(tiny_run, tmp_path):
+def test_data_switches_rerun_nothing_once_the_data_exist(finished, tmp_path):
     """generate: false; then as if the set had been downloaded: download on, then off."""
-    _up_to_date(tiny_run)
     base = tiny_config()
     generated_off = changed(base, "dataset.synthetic.generate", False)
     downloading = changed(generated_off, "dataset.download.enabled", True)
     off, download = tmp_path / "off.yaml", tmp_path / "download.yaml"
     off.write_text(yaml.safe_dump(generated_off))
     download.write_text(yaml.safe_dump(downloading))
-    assert rules_to_run(tiny_run, off) == set()
-    marker = tiny_run / base["dataset"]["root"] / DOWNLOAD_MARKER
+    assert rules_to_run(finished, off) == set()
+    marker = finished / base["dataset"]["root"] / DOWNLOAD_MARKER
     marker.write_text("{}\n")  # the download's marker in place: a finished download
     try:
-        assert rules_to_run(tiny_run, download) == set()
-        assert rules_to_run(tiny_run, off) == set()
+        outputs = snakemake_batch(finished, [dry_run_args(download), dry_run_args(off)])
+        assert [rules_in(output) for output in outputs] == [set(), set()]
     finally:
         marker.unlink()
 
@@ -281,27 +292,36 @@ import json, os, sys
 from pathlib import Path
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
-args = json.loads(sys.argv[1])
-with SnakemakeApi(OutputSettings()) as api:
-    wf = api.workflow(
-        ResourceSettings(cores=8, nodes=args.get("nodes"), resources=args.get("resources", {})),
-        ConfigSettings(configfiles=[Path(c) for c in args.get("configfiles", [])]),
-        snakefile=Path("Snakefile"), workdir=Path("."),
-    )._workflow
-    print("RESULT " + json.dumps({"config": wf.config,
-                                  "gpu": wf.global_resources.get("gpu").value
-                                  if "gpu" in wf.global_resources else None}))
+for extra_env, args in json.loads(sys.argv[1]):
+    os.environ.update(extra_env)  # read by the Snakefile as it is parsed (common.smk)
+    with SnakemakeApi(OutputSettings()) as api:
+        wf = api.workflow(
+            ResourceSettings(cores=8, nodes=args.get("nodes"),
+                             resources=args.get("resources", {})),
+            ConfigSettings(configfiles=[Path(c) for c in args.get("configfiles", [])]),
+            snakefile=Path("Snakefile"), workdir=Path("."),
+        )._workflow
+        print("RESULT " + json.dumps({"config": wf.config,
+                                      "gpu": wf.global_resources.get("gpu").value
+                                      if "gpu" in wf.global_resources else None}))
 """
 
 
-def inspect(work: Path, extra_env: dict[str, str] | None = None, **args) -> dict:
-    """The effective config and the global `gpu` limit of a workflow as Snakemake builds it."""
-    proc = subprocess.run([sys.executable, "-c", _INSPECT, json.dumps(args)], cwd=work,
-                          env={**env(), **(extra_env or {})}, capture_output=True,
-                          text=True)  # fmt: skip
+def inspect_each(work: Path, cases: list[tuple[dict[str, str], dict]]) -> list[dict]:
+    """For each (environment variables, settings) case, the effective config and the global
+    `gpu` limit of the workflow as Snakemake builds it; all in one Python process, one
+    workflow after another (each case names every variable it depends on)."""
+    proc = subprocess.run([sys.executable, "-c", _INSPECT, json.dumps(cases)], cwd=work,
+                          env=env(), capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert len(lines) == len(cases), proc.stdout[-3000:]
+    return [json.loads(line.removeprefix("RESULT ")) for line in lines]
+
+
+def inspect(work: Path, extra_env: dict[str, str] | None = None, **args) -> dict:
+    """The effective config and the global `gpu` limit of one workflow (inspect_each)."""
+    return inspect_each(work, [(extra_env or {}, args)])[0]
 
 
 def _merged(*files: Path) -> dict:
@@ -353,10 +373,11 @@ def test_a_preset_is_the_schema_plus_its_own_keys_never_the_demo(project, preset
 
 def test_the_demo_runs_without_a_configfile_and_equals_it_given_once_or_twice(project):
     work = project
-    plain = inspect(work)["config"]
+    given = [[], ["config.yaml"], ["config.yaml", "config.yaml"]]
+    plain, once, twice = (r["config"] for r in inspect_each(work, [({}, {"configfiles": c})
+                                                                  for c in given]))  # fmt: skip
     assert plain == _merged(work / "config.yaml")
-    assert inspect(work, configfiles=["config.yaml"])["config"] == plain
-    assert inspect(work, configfiles=["config.yaml", "config.yaml"])["config"] == plain
+    assert once == plain and twice == plain
 
 
 def test_paper_preset_measures_run_with_the_schemas_settings(project):
@@ -379,19 +400,27 @@ def test_paper_preset_measures_run_with_the_schemas_settings(project):
 
 
 # --- GPUs on a workstation -------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("visible", "args", "limit"),
-    [
-        ("0", {}, 1),  # one card: one GPU job at a time
-        ("0,1", {}, 1),  # every job would use the first card
-        ("", {}, None),  # CPU only: --cores 8 runs 8 grid jobs
-        ("-1", {}, None),
-        ("0", {"resources": {"gpu": 2}}, 2),  # the user's own limit wins
-        ("0", {"nodes": 64}, None),  # a cluster run (--jobs, --profile slurm): Slurm decides
-    ],
-)
-def test_local_runs_hold_one_gpu_job_per_visible_card(project, visible, args, limit):
-    assert inspect(project, {"CUDA_VISIBLE_DEVICES": visible}, **args)["gpu"] == limit
+GPU_CASES = [
+    ("0", {}, 1),  # one card: one GPU job at a time
+    ("0,1", {}, 1),  # every job would use the first card
+    ("", {}, None),  # CPU only: --cores 8 runs 8 grid jobs
+    ("-1", {}, None),
+    ("0", {"resources": {"gpu": 2}}, 2),  # the user's own limit wins
+    ("0", {"nodes": 64}, None),  # a cluster run (--jobs, --profile slurm): Slurm decides
+]
+
+
+@pytest.fixture(scope="module")
+def gpu_limits(project) -> list[int | None]:
+    """The global `gpu` limit of each case of GPU_CASES (one Python process for all)."""
+    cases = [({"CUDA_VISIBLE_DEVICES": visible}, args) for visible, args, _ in GPU_CASES]
+    return [result["gpu"] for result in inspect_each(project, cases)]
+
+
+@pytest.mark.parametrize("case", range(len(GPU_CASES)),
+                         ids=[f"{v or 'none'}-{a}" for v, a, _ in GPU_CASES])  # fmt: skip
+def test_local_runs_hold_one_gpu_job_per_visible_card(gpu_limits, case):
+    assert gpu_limits[case] == GPU_CASES[case][2]
 
 
 # --- As a module -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from workflow_run import (
     fake_dataset,
     result_numbers,
     snakemake,
+    snakemake_batch,
 )
 
 from ascsharp.analysis.correlation import TABLE_COLUMNS
@@ -81,7 +82,11 @@ def _job_counts(proc) -> dict[str, int]:
 
 def _jobs(proc) -> list[dict]:
     """Every job a dry run lists: rule, wildcards and resources, as Snakemake prints them."""
-    text = proc.stdout + proc.stderr
+    return _jobs_in(proc.stdout + proc.stderr)
+
+
+def _jobs_in(text: str) -> list[dict]:
+    """Every job listed in a dry run's output (_jobs)."""
     jobs = []
     for block in re.split(r"\n\[[^\]]+\]\n", text)[1:]:
         head = re.match(r"rule (\w+):", block)
@@ -218,12 +223,16 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
     local = _localrules(work, "workflow/presets/paper.yaml", "my-data.yaml")
     keys = ("runtime", "mem_mb", "gpu")
 
-    def submitted(cmd: list[str]) -> dict[tuple[str, str], dict[str, str]]:
-        jobs = _jobs(snakemake(work, *cmd[1:], "-n"))
+    # The plain command and every README command, dry-run in a few Python processes.
+    plain_cmd = ["snakemake", "--profile", "slurm", "--configfile",
+                 "workflow/presets/paper.yaml", "my-data.yaml"]  # fmt: skip
+    outputs = snakemake_batch(work, [[*cmd[1:], "-n"] for cmd in [plain_cmd, *commands]])
+
+    def submitted(output: str) -> dict[tuple[str, str], dict[str, str]]:
+        jobs = _jobs_in(output)
         return {(j["rule"], j["wildcards"]): j["resources"] for j in jobs if j["rule"] not in local}
 
-    plain = submitted(["snakemake", "--profile", "slurm", "--configfile",
-                       "workflow/presets/paper.yaml", "my-data.yaml"])  # fmt: skip
+    plain = submitted(outputs[0])
     by_rule: dict[str, set[tuple]] = {}
     for (rule, _), res in plain.items():
         by_rule.setdefault(rule, set()).add(tuple(res.get(k) for k in keys))
@@ -236,8 +245,8 @@ def test_readme_cluster_commands_keep_every_rules_resources(tmp_path):
     assert {r[2] for rule in gpu_rules for r in by_rule[rule]} == {"1"}
     assert {r[2] for r in by_rule["features"]} == {None}
     assert all(int(r[0]) >= 60 for r in by_rule["landscape_shard"])
-    for cmd in commands:
-        got = submitted(cmd)
+    for cmd, output in zip(commands, outputs[1:], strict=True):
+        got = submitted(output)
         assert got and set(got) <= set(plain), shlex.join(cmd)
         for job, res in got.items():
             assert [res.get(k) for k in keys] == [plain[job].get(k) for k in keys], job
@@ -263,12 +272,12 @@ def test_a_retried_gpu_job_asks_for_attempt_times_the_time_and_memory(tmp_path):
         with open(work / path, "wb") as f:
             f.truncate(3 * 2**20)
 
-    def resources(attempt: int) -> dict[tuple[str, str], dict[str, str]]:
-        proc = snakemake(work, "-n", "--attempt", str(attempt), "--configfile", str(TINY))
-        return {(j["rule"], j["wildcards"]): j["resources"] for j in _jobs(proc)
+    def gpu_resources(output: str) -> dict[tuple[str, str], dict[str, str]]:
+        return {(j["rule"], j["wildcards"]): j["resources"] for j in _jobs_in(output)
                 if j["resources"].get("gpu") == "1"}  # fmt: skip
 
-    first, retry = resources(1), resources(2)
+    attempts = [["-n", "--attempt", str(a), "--configfile", str(TINY)] for a in (1, 2)]
+    first, retry = map(gpu_resources, snakemake_batch(work, attempts))
     assert len(first) == len(gpu_jobs) and {rule for rule, _ in first} >= GPU_RULES
     assert set(retry) == set(first)
     for job, asked in first.items():
@@ -366,9 +375,8 @@ REPORT_PAGES = [
 
 
 @pytest.mark.slow
-def test_report_is_built(tiny_run):
-    snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report.html")
-    html = (tiny_run / "results/report.html").read_text()
+def test_report_is_built(tiny_run, tiny_report):
+    html = tiny_report.read_text()
     listed = set(re.findall(r'"(results/[^"]+)": \{"name"', html))
     assert set(REPORT_FIGURES) | set(REPORT_PAGES) <= listed, sorted(listed)
     # The layout for large reports (the paper preset: hundreds of files): a zip with the files
@@ -399,17 +407,27 @@ def test_single_surface_target_rebuilds_only_what_it_lacks(tiny_run):
 
 @pytest.mark.slow
 def test_adding_a_file_to_the_data_folder_reruns_nothing(tiny_run):
-    # Other tests rebuild parts of the tiny run: bring it up to date first (usually no work).
-    snakemake(tiny_run, "--cores", "2", "--configfile", str(TINY))
+    # Other tests rebuild parts of the tiny run (a surface: what reads it is due): the jobs a
+    # dry run lists must be the same before and after the edit, none more.
+    def due() -> tuple[dict[str, int], list[tuple[str, str, str]]]:
+        """Jobs per rule (every rule), and each job of the rules that are not local."""
+        proc = snakemake(tiny_run, "-n", "--configfile", str(TINY))
+        if "Nothing to be done" in proc.stdout + proc.stderr:
+            return {}, []
+        jobs = sorted((j["rule"], j["wildcards"], j["output"]) for j in _jobs(proc))
+        return _job_counts(proc), jobs
+
+    before = due()
+    assert not {"synthesize", "features"} & set(before[0]), before[0]
     data = tiny_run / "data/synthetic"
     note = data / "README.txt"
     note.write_text("notes about this copy of the data\n")
     try:
         os.utime(data)  # the folder's mtime moves, as any edit in it would move it
-        out = snakemake(tiny_run, "-n", "--configfile", str(TINY))
+        after = due()
     finally:
         note.unlink()
-    assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
+    assert after == before
 
 
 @pytest.mark.slow
