@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ascsharp.core.commands import command, figure_option, read_table
+from ascsharp.core.commands import command, figure_option
+from ascsharp.core.io import read_table
 
 
 # --- figures and report tables ----------------------------------------------------------------

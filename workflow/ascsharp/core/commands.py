@@ -10,8 +10,6 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from ascsharp.core.io import read_table  # noqa: F401  (re-exported for the stages' commands)
-
 Handler = Callable[[argparse.Namespace], None]
 Arguments = Callable[[argparse.ArgumentParser], None]
 COMMANDS: dict[str, tuple[str, Arguments, Handler]] = {}
@@ -43,3 +41,8 @@ def clip_count(text: str) -> int | None:
 # Every figure option takes the same figure's paths in one or more formats (.png, .svg, .pdf).
 def figure_option(p, name: str, what: str) -> None:
     p.add_argument(f"--{name}", type=Path, nargs="+", required=True, help=f"{what} (.png, .svg)")
+
+
+def threads_option(p) -> None:
+    """--threads: torch's CPU threads for the command (`ascsharp.cli.main` sets them)."""
+    threads_option(p)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ascsharp.core.commands import command, figure_option
+from ascsharp.core.commands import command, figure_option, threads_option
 from ascsharp.core.settings import add_options
 from ascsharp.features.commands import open_store, store_arguments
 
@@ -49,7 +49,7 @@ def _shard_args(p):
     add_options(p, "landscape", ("split", "clips", "batch_size", "shards", "precision", "compile"))
     p.add_argument("--shard", type=int, required=True, help="which of the --shards (0, 1, ...)")
     p.add_argument("--out", type=Path, required=True, help="shard~K.npz")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    threads_option(p)
     p.add_argument(
         "--refine-radius",
         type=float,

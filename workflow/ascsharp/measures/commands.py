@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ascsharp.core.commands import clip_count, command
+from ascsharp.core.commands import clip_count, command, threads_option
 from ascsharp.core.settings import add_options, flag, section
 from ascsharp.features.commands import open_store, store_arguments
 from ascsharp.measures import MEASURES
@@ -49,7 +49,7 @@ def _measure_args(p):
     p.add_argument("--out", type=Path, required=True, help="results/measures/{run}/{measure}.json")
     add_options(p, "measures", ("seed",))
     p.add_argument("--device", help="cuda or cpu (default: cuda when visible)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    threads_option(p)
     g = p.add_argument_group(
         "settings of the measures (config: measures.<measure>): each measure requires its own "
         "and refuses the others'"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ascsharp.core.commands import command, figure_option, read_table
+from ascsharp.core.commands import command, figure_option, threads_option
+from ascsharp.core.io import read_table
 from ascsharp.core.settings import add_options, from_args
 from ascsharp.features.commands import open_store, store_arguments
 
@@ -22,7 +23,7 @@ def _train_args(p):
     p.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
     p.add_argument("--history", type=Path, required=True, help="history.tsv to write")
     add_options(p, ("train", "model"), SETTINGS_KEYS)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    threads_option(p)
     p.add_argument(
         "--features-settings",
         type=Path,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ascsharp.core.commands import command, figure_option
+from ascsharp.core.commands import command, figure_option, threads_option
 from ascsharp.core.settings import add_options
 from ascsharp.features.commands import open_store, store_arguments
 
@@ -14,7 +14,7 @@ def _view_clip_arguments(p) -> None:
     """The landscape's clips and forward settings (config: landscape.split, clips, ...)."""
     store_arguments(p, "features", "the store of the split:")
     add_options(p, "landscape", ("split", "clips", "batch_size", "precision"))
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    threads_option(p)
 
 
 def _interpolate_args(p):
