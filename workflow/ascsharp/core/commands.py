@@ -45,4 +45,4 @@ def figure_option(p, name: str, what: str) -> None:
 
 def threads_option(p) -> None:
     """--threads: torch's CPU threads for the command (`ascsharp.cli.main` sets them)."""
-    threads_option(p)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
