@@ -33,12 +33,12 @@ from ascsharp.features.clips import surface_clips
 from ascsharp.landscape.directions import directions_fingerprint, load_directions
 from ascsharp.train.evaluate import (
     PRECISIONS,
-    forward_precision,
+    EvalForward,
+    autotuned,
     loss_and_accuracy,
     pick_device,
     predict,
 )
-from ascsharp.train.models import PannsCnn, fold_batchnorm, refold_
 
 if TYPE_CHECKING:  # data imports torchaudio, which `ascsharp directions` does not need
     from ascsharp.features.clips import Store
@@ -212,30 +212,20 @@ def evaluate_points(
     dxs = [d.to(device=device, dtype=p.dtype) for d, p in zip(dx, params, strict=True)]
     dys = [d.to(device=device, dtype=p.dtype) for d, p in zip(dy, params, strict=True)]
     w0 = [p.detach().clone() for p in params]
-    folded = fold_batchnorm(model) if fold_bn and isinstance(model, PannsCnn) else None
-    forward = model if folded is None else folded
-    if compile:
-        # NCHW: the layout measured compiled; eager, channels-last pays (oneDNN, cuDNN).
-        forward = torch.compile(forward, dynamic=False)
-    elif folded is not None:
-        forward = folded.to(memory_format=torch.channels_last)
-    autotune = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = autotune or device.type == "cuda"  # fixed shapes: pays
+    fast = EvalForward(model, precision=precision, compile=compile, fold_bn=fold_bn)
     todo = [int(p) for p in indices if int(p) not in done]
     progress = Progress(len(indices), "points", logger=log, done=len(done))
     unsaved = 0
     started = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autotuned(device):  # fixed shapes: cuDNN's kernel choice pays
             for p in todo:
                 alpha, beta = grid.coords(p)
                 for w, w_init, a, b in zip(params, w0, dxs, dys, strict=True):
                     w.copy_(w_init)
                     w.add_(a, alpha=alpha)
                     w.add_(b, alpha=beta)
-                if folded is not None:
-                    refold_(folded, model)
-                with torch.inference_mode(), forward_precision(device, precision):
+                with fast.at_current_weights() as forward:
                     logits = predict(forward, x, batch_size)
                     loss, acc = loss_and_accuracy(logits, y)
                 for w, w_init in zip(params, w0, strict=True):
@@ -251,7 +241,6 @@ def evaluate_points(
                     unsaved = 0
                 progress.update(1, f"(alpha={alpha:+.4f}, beta={beta:+.4f}) loss={done[p][0]:.5g}")
     finally:
-        torch.backends.cudnn.benchmark = autotune
         with torch.no_grad():
             for w, w_init in zip(params, w0, strict=True):
                 w.copy_(w_init)

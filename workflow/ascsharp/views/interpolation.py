@@ -38,8 +38,7 @@ from ascsharp.core.progress import Progress, get_logger
 from ascsharp.core.settings import enum
 from ascsharp.core.tensors import tensor_digest
 from ascsharp.features.clips import surface_clips
-from ascsharp.train.evaluate import forward_precision, loss_and_accuracy, pick_device, predict
-from ascsharp.train.models import PannsCnn, fold_batchnorm, refold_
+from ascsharp.train.evaluate import EvalForward, loss_and_accuracy, pick_device, predict
 
 # BatchNorm running statistics along the interpolation. "recompute" (default): each θ(α)'s own
 # statistics on the clips. The statistics of two networks, averaged, are not those of the
@@ -137,7 +136,7 @@ def interpolate_models(
         if v.is_floating_point() and (k not in buffers or bn_statistics == "interpolate")
     }  # fmt: skip
     model = copy.deepcopy(model_a).to(device).eval()
-    folded = fold_batchnorm(model) if isinstance(model, PannsCnn) else None
+    fast = EvalForward(model, precision=precision)
     x, y = x.to(device), y.to(device)
 
     partial = Path(partial_path) if partial_path is not None else None
@@ -171,11 +170,7 @@ def interpolate_models(
             model.load_state_dict(state)
             if bn_statistics == "recompute":
                 recompute_bn_statistics(model, x, batch_size)
-            forward = model
-            if folded is not None:
-                refold_(folded, model)
-                forward = folded
-            with torch.inference_mode(), forward_precision(device, precision):
+            with fast.at_current_weights() as forward:
                 done[i] = loss_and_accuracy(predict(forward, x, batch_size), y)
             if partial is not None:
                 write_partial(partial, fp, {str(k): list(v) for k, v in done.items()})
