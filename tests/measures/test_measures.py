@@ -609,7 +609,7 @@ def model_file(tmp_path, feature_store) -> Path:
 def measure_cli(model_file: Path, store: Path, out: Path, *extra: str) -> list[str]:
     return ["measure", "--model", str(model_file), "--features-npy", str(store / "train.npy"),
             "--features-tsv", str(store / "train.tsv"), "--split", "train", "--seed", "0",
-            "--out", str(out), *extra]  # fmt: skip
+            "--no-compile", "--out", str(out), *extra]  # fmt: skip
 
 
 def strict_json(path: Path) -> dict:
@@ -624,10 +624,10 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
     args = {
         "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --trace-estimator hutchinson "
         "--batch-size 32 --parameters all",
-        "adaptive_average": "--samples 3 --rho 0.05 --batch-size 64",
+        "adaptive_average": "--samples 3 --rho 0.05 --precision float32 --batch-size 64",
         "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64 "
         "--search reference",
-        "pacbayes": "--samples 2 --depth 2 --batch-size 64",
+        "pacbayes": "--samples 2 --depth 2 --precision bfloat16 --batch-size 64",
         "norms": "",
         "margin": "--batch-size 64",
     }
@@ -665,6 +665,8 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
     assert docs["norms"]["initial_weights"]["verified"] is True
     assert docs["norms"]["values"]["distance_from_init"] > 0
     assert docs["pacbayes"]["values"]["pacbayes_flatness"] > 0
+    assert docs["pacbayes"]["options"]["precision"] == "bfloat16"
+    assert avg["options"]["precision"] == "float32"
     assert docs["margin"]["values"]["inverse_margin"] > 0
 
 

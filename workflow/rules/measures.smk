@@ -75,6 +75,8 @@ rule measure:
         mem_mb=memory_mb,
         # Memory and speed only: reruns nothing (common.smk).
         batch_option=measure_batch_option,
+        # A switch: --compile or --no-compile (the forward of adaptive_average and pacbayes).
+        compile="--compile" if MEASURES["compile"] else "--no-compile",
     params:
         selection=MEASURE_SELECTION,
         split=MEASURE_SPLIT,
@@ -90,5 +92,5 @@ rule measure:
         "ascsharp measure --measure {wildcards.measure} --model {input.model}"
         " --features-npy {input.npy} --features-tsv {input.tsv}"
         " --selection {params.selection} --split {params.split} --clips {params.clips}"
-        " --seed {params.seed} {params.options} {resources.batch_option}"
+        " --seed {params.seed} {params.options} {resources.batch_option} {resources.compile}"
         " --threads {threads} --out {output.measure} > {log} 2>&1"

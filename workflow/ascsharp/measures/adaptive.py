@@ -61,6 +61,7 @@ from ascsharp.measures.common import (
     measure_flops,
     partial_fingerprint,
 )
+from ascsharp.train.evaluate import PRECISIONS, EvalForward
 
 PARAMETERS = ("all", "weights")
 
@@ -69,14 +70,17 @@ PARAMETERS = ("all", "weights")
 class AverageOptions:
     """`samples` noise draws of scale `rho`; `antithetic` evaluates each draw at +delta and
     -delta and averages the two (same expectation, the gradient term cancels exactly);
-    `batch_size` clips per forward chunk (memory, not results).
+    `batch_size` clips per forward chunk (memory, not results); `precision` of the forward
+    passes (a key of PRECISIONS; float32 is IEEE).
 
-    rho, samples and batch_size are the config's `measures.adaptive_average` (defaults in the
-    schema); the variants below them are not configurable: their defaults are the measure."""
+    rho, samples, precision and batch_size are the config's `measures.adaptive_average`
+    (defaults in the schema); the variants below them are not configurable: their defaults are
+    the measure."""
 
     rho: float
     samples: int
     batch_size: int
+    precision: str = "float32"
     adaptive: bool = True
     parameters: str = "all"
     antithetic: bool = False
@@ -85,6 +89,8 @@ class AverageOptions:
         check_options(self.rho, self.parameters, self.batch_size)
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {sorted(PRECISIONS)}")
 
 
 def check_options(rho: float, parameters: str, batch_size: int) -> None:
@@ -141,12 +147,16 @@ def adaptive_average(
     partial_path: str | Path | None = None,
     on_unit: UnitHook | None = None,
     loss_fn: LossFn = cross_entropy,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Average-case (adaptive) sharpness, Monte Carlo over `samples` seeded Gaussian draws.
 
     Draw k is u_k ~ N(0, rho^2 I) from generator(seed, "adaptive-average", k) on the CPU, one
     tensor per parameter in model.parameters() order; delta_k = T_w u_k. The value is the mean
     of L(w + delta_k) - L(w) over k, its standard error the std (ddof 1) over sqrt(samples).
+    Every loss is evaluated on the fast eval forward (EvalForward: BN folded, at
+    `opts.precision`, through torch.compile with `compile` on CUDA), L(w) too, so that the
+    difference is taken between losses of one precision.
     Returns {"values", "options", "cost"}; values: adaptive_average and adaptive_average_se
     (plain: average, average_se), loss, perturbed_loss, samples.
     """
@@ -160,7 +170,8 @@ def adaptive_average(
         part = Partial(partial_path,
                        partial_fingerprint(key, model, x, y, opts, seed, loss_fn), log)  # fmt: skip
         t = scales(w0, opts.adaptive, opts.parameters)
-        loss0 = mean_loss(model, x, y, opts.batch_size, cost, loss_fn)
+        fast = EvalForward(model, precision=opts.precision, compile=compile and x.is_cuda)
+        loss0 = mean_loss(model, x, y, opts.batch_size, cost, loss_fn, fast)
         log.info("%s: loss at the weights %.6g; %d samples, rho %g", key, loss0, opts.samples,
                  opts.rho)  # fmt: skip
         progress = Progress(opts.samples, "samples", logger=log)
@@ -178,7 +189,7 @@ def adaptive_average(
             losses = []
             for sign in (1.0, -1.0) if opts.antithetic else (1.0,):
                 set_perturbed(params, w0, t, u, sign)
-                losses.append(mean_loss(model, x, y, opts.batch_size, cost, loss_fn))
+                losses.append(mean_loss(model, x, y, opts.batch_size, cost, loss_fn, fast))
             perturbed.append(sum(losses) / len(losses))
             part.put(name, perturbed[-1])
             progress.update(1, f"perturbed loss {perturbed[-1]:.6g}")

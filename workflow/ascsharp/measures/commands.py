@@ -47,7 +47,7 @@ def _measure_args(p):
     )
     add_options(p, "landscape", ("split",))
     p.add_argument("--out", type=Path, required=True, help="results/measures/{run}/{measure}.json")
-    add_options(p, "measures", ("seed",))
+    add_options(p, "measures", ("seed", "compile"))
     p.add_argument("--device", help="cuda or cpu (default: cuda when visible)")
     threads_option(p)
     g = p.add_argument_group(
@@ -110,4 +110,5 @@ def _measure(args):
         selection=args.selection,
         split=args.split,
         device=args.device,
+        compile=args.compile,
     )

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ascsharp.core.io import read_partial, write_partial
 from ascsharp.core.tensors import tensor_digest
+from ascsharp.train.evaluate import EvalForward
 
 # Per-clip loss: (outputs, labels) -> (n,) losses. Mean cross-entropy over clips by default.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -127,6 +128,14 @@ def _batch(x: Tensor, y: Tensor, start: int, size: int, like: Tensor) -> tuple[T
     return xb, y[start : start + size].to(like.device, non_blocking=True)
 
 
+def evaluations(model: nn.Module, fast: EvalForward | None):
+    """The forward of one loss or accuracy evaluation at the model's current weights, without
+    autograd: `fast`'s (BN folded, at its precision; see EvalForward) or the model's own."""
+    if fast is not None:
+        return fast.at_current_weights()
+    return contextlib.nullcontext(model)
+
+
 @torch.no_grad()
 def mean_loss(
     model: nn.Module,
@@ -135,13 +144,16 @@ def mean_loss(
     batch_size: int,
     cost: Cost,
     loss_fn: LossFn = cross_entropy,
+    fast: EvalForward | None = None,
 ) -> float:
-    """Sum of per-clip losses over all clips (in float64) divided by their number."""
+    """Sum of per-clip losses over all clips (in float64) divided by their number; through
+    `fast` when given (evaluations)."""
     like = next(model.parameters())
     total = 0.0
-    for start in range(0, len(x), batch_size):
-        xb, yb = _batch(x, y, start, batch_size, like)
-        total += float(loss_fn(model(xb), yb).double().sum())
+    with evaluations(model, fast) as forward:
+        for start in range(0, len(x), batch_size):
+            xb, yb = _batch(x, y, start, batch_size, like)
+            total += float(loss_fn(forward(xb), yb).double().sum())
     cost.forward_clips += len(x)
     cost.loss_evaluations += 1
     return total / len(x)

@@ -55,24 +55,27 @@ from ascsharp.measures.common import (
     UnitHook,
     _batch,
     check_data,
+    evaluations,
     frozen_eval,
     measure_flops,
     partial_fingerprint,
 )
+from ascsharp.train.evaluate import PRECISIONS, EvalForward
 
 PACBAYES_VARIANTS = ("isotropic", "magnitude")
 
 
 @dataclass(frozen=True)
 class PacBayesOptions:
-    """`samples` Monte Carlo draws per bisection step and at most `depth` steps (the config's
-    `measures.pacbayes`); the rest is Jiang et al.'s definition and stays fixed: accuracy
-    deviation `threshold` within `tolerance`, search interval [0, `sigma_max`], magnitude
-    floor `magnitude_eps`."""
+    """`samples` Monte Carlo draws per bisection step, at most `depth` steps, the `precision`
+    of the forward passes (the config's `measures.pacbayes`); the rest is Jiang et al.'s
+    definition and stays fixed: accuracy deviation `threshold` within `tolerance`, search
+    interval [0, `sigma_max`], magnitude floor `magnitude_eps`."""
 
     samples: int
     depth: int
     batch_size: int
+    precision: str = "float32"
     threshold: float = 0.1
     tolerance: float = 0.01
     sigma_max: float = 2.0
@@ -81,6 +84,8 @@ class PacBayesOptions:
     def __post_init__(self) -> None:
         if self.samples < 1 or self.depth < 1 or self.batch_size < 1:
             raise ValueError(f"samples, depth and batch_size must be >= 1: {self}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {sorted(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -98,13 +103,21 @@ class NormOptions:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, cost: Cost) -> float:
-    """Fraction of clips whose largest logit is the true class."""
+def accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    cost: Cost,
+    fast: EvalForward | None = None,
+) -> float:
+    """Fraction of clips whose largest logit is the true class; through `fast` when given."""
     like = next(model.parameters())
     correct = 0
-    for start in range(0, len(x), batch_size):
-        xb, yb = _batch(x, y, start, batch_size, like)
-        correct += int((model(xb).argmax(dim=1) == yb).sum())
+    with evaluations(model, fast) as forward:
+        for start in range(0, len(x), batch_size):
+            xb, yb = _batch(x, y, start, batch_size, like)
+            correct += int((forward(xb).argmax(dim=1) == yb).sum())
     cost.forward_clips += len(x)
     cost.loss_evaluations += 1
     return correct / len(x)
@@ -146,10 +159,13 @@ def pacbayes(
     *,
     partial_path: str | Path | None = None,
     on_unit: UnitHook | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """PAC-Bayes flatness 1/sigma'^2, isotropic and magnitude-aware (module docstring).
 
-    Each bisection step (one variant, one sigma, `samples` forward passes) is a unit of the
+    Every accuracy is evaluated on the fast eval forward (EvalForward: BN folded, at
+    `opts.precision`, through torch.compile with `compile` on CUDA), the one at the weights
+    too. Each bisection step (one variant, one sigma, `samples` forward passes) is a unit of the
     partial file. Returns {"values", "options", "cost"}; values pacbayes_flatness,
     pacbayes_magnitude_flatness, their sigmas, the accuracy at the weights, the searches.
     """
@@ -161,7 +177,8 @@ def pacbayes(
         cost.flops_per_clip = measure_flops(model, x, y, ["forward"])
         part = Partial(partial_path, partial_fingerprint("pacbayes", model, x, y, opts, seed,
                                                          accuracy), log)  # fmt: skip
-        acc0 = accuracy(model, x, y, opts.batch_size, cost)
+        fast = EvalForward(model, precision=opts.precision, compile=compile and x.is_cuda)
+        acc0 = accuracy(model, x, y, opts.batch_size, cost, fast)
         progress = Progress(2 * opts.depth, "bisection steps", logger=log)
         units = 0
 
@@ -189,7 +206,7 @@ def pacbayes(
                             else:
                                 std = (sigma**2 * w**2 + opts.magnitude_eps**2).sqrt()
                             torch.addcmul(w, std, z, out=p)
-                    accs.append(accuracy(model, x, y, opts.batch_size, cost))
+                    accs.append(accuracy(model, x, y, opts.batch_size, cost, fast))
                 d = abs(float(np.mean(accs)) - acc0)
                 part.put(name, d)
                 progress.update(1, f"{variant} sigma {sigma:.5g}: accuracy deviation {d:.4f}")

@@ -29,7 +29,7 @@ from ascsharp.measures.common import UnitHook
 from ascsharp.measures.curvature import hessian
 from ascsharp.measures.generalization import inverse_margin, norms, pacbayes
 from ascsharp.train.checkpoint import load_model
-from ascsharp.train.evaluate import forward_precision, pick_device
+from ascsharp.train.evaluate import autotuned, forward_precision, pick_device
 from ascsharp.train.models import initial_model
 
 # measure name -> function(model, x, y, options, seed, log, partial_path=, on_unit=); keyed by
@@ -67,6 +67,7 @@ def run_measure(
     selection: str,
     split: str,
     device: str | torch.device | None = None,
+    compile: bool = False,
     on_unit: UnitHook | None = None,
 ) -> dict[str, Any]:
     """One measure of one model, written atomically to `out` (JSON); returns what it wrote.
@@ -75,7 +76,8 @@ def run_measure(
     landscape's `split` and `clips`; `store` holds that split), so that the measures describe
     the plotted loss. selection "measures": `clips` of the model's training clips (model.pt's
     list, in the train `store`) drawn with derive_seed(run, "measure-subset"), None: all.
-    Either way every measure of a run sees the same clips. Noise and start vectors come from
+    Either way every measure of a run sees the same clips. `compile` (CUDA only, speed only)
+    compiles the forward of the measures that only evaluate. Noise and start vectors come from
     derive_seed(run, measure, seed). Finished units go to `<out>.partial.json`, removed once
     `out` is written.
     """
@@ -99,8 +101,12 @@ def run_measure(
     if measure == "norms":
         initial, initial_check = _initial_weights(ckpt, model_path, log)
         extra["initial"] = initial.to(device)
-    # IEEE float32 on CUDA too, as the landscape's default: not PyTorch's TF32 convolutions.
-    with forward_precision(device, "float32"):
+    if "precision" in options:  # the measures that only evaluate: their forward can compile
+        extra["compile"] = compile
+    # Gradients and Hessian products in IEEE float32 on CUDA too (not PyTorch's TF32
+    # convolutions); evaluations at the measure's own precision (its option, float32 default).
+    # cuDNN times its kernels once per shape: the chunks of a measure repeat a few shapes.
+    with forward_precision(device, "float32"), autotuned(device):
         result = _FUNCTIONS[measure](model, data.x.to(device), data.y.to(device), options,
                                      stream_seed, log, partial_path=partial, on_unit=on_unit,
                                      **extra)  # fmt: skip
