@@ -34,6 +34,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ from ascsharp.core.config import schema_defaults  # noqa: E402
 from ascsharp.core.runs import expand_grid  # noqa: E402
 from ascsharp.core.surface import Grid  # noqa: E402
 from ascsharp.landscape.compute import evaluate_points
-from ascsharp.train.evaluate import PRECISIONS, forward_precision
+from ascsharp.train.evaluate import PRECISIONS, EvalForward, autotuned, forward_precision
 from ascsharp.train.loop import _train_epoch, batch_count  # noqa: E402
 from ascsharp.train.models import build_model  # noqa: E402
 from ascsharp.train.optim import make_stepper
@@ -69,6 +70,11 @@ PRESET = ROOT / "workflow" / "presets" / "paper.yaml"
 # The landscape last: its compilations take most of the time; a time limit (SIGINT) then cuts
 # it short and the summary still prints what was measured.
 STAGES = ("train", "hessian", "adaptive_average", "adaptive_worst", "pacbayes", "landscape")
+# IEEE float32 points re-evaluated per surface (landscape.refine) by fast precision: the most
+# bench_refine.py counted on trained CNN10s at ordinary losses (CPU, 2026-12-04: bfloat16
+# 43-120, float16 12-23 of 121; tf32 shares float16's bound). Assumptions until measured on a GPU.
+REFINED_POINTS = {"bfloat16": 120, "float16": 23, "tf32": 23}
+MEASURE_STAGES = ("hessian", "adaptive_average", "adaptive_worst", "pacbayes")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -78,23 +84,26 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def preset_settings(preset: Path = PRESET) -> dict[str, Any]:
-    """The preset's settings over the schema's defaults (the workflow's config minus the demo
-    config.yaml, which the paper preset overrides wherever it matters here)."""
-    return _merge(schema_defaults(), yaml.safe_load(preset.read_text()))
+def preset_settings(*presets: Path) -> dict[str, Any]:
+    """The presets' settings over the schema's defaults, merged in order as Snakemake merges
+    --configfile files (the demo config.yaml is not read when a preset is given)."""
+    config = schema_defaults()
+    for preset in presets or (PRESET,):
+        config = _merge(config, yaml.safe_load(preset.read_text()))
+    return config
 
 
-def preset_units(config: dict[str, Any], lanczos_hvps: int, refined_points: int) -> dict:
+def preset_units(config: dict[str, Any], lanczos_hvps: int) -> dict:
     """How many of each stage's units the preset runs.
 
     train: {(arch, optimizer, batch_size): epochs summed over its runs}; select: {arch: epochs}
     (one test-fold evaluation per epoch with the paper's selection); landscape: grid points of
-    all surfaces, refine: IEEE points re-evaluated (refined_points per surface, an assumption
-    stated by the caller); hessian: HVPs (Lanczos: `lanczos_hvps`, an assumption: ARPACK's count
-    depends on the spectrum; plus one per Hutchinson vector); adaptive_average: forwards over the
-    measure's clips; adaptive_worst: gradients over m clips; pacbayes: forwards over the clips
-    (two variants x depth bisection steps x samples draws, plus the unperturbed accuracy: the
-    most its search takes).
+    all surfaces, refine: surfaces (times the IEEE points re-evaluated per surface, which
+    depends on the fast precision: REFINED_POINTS); hessian: HVPs (Lanczos: `lanczos_hvps`, an
+    assumption: ARPACK's count depends on the spectrum; plus one per Hutchinson vector);
+    adaptive_average: forwards over the measure's clips; adaptive_worst: gradients over m clips;
+    pacbayes: forwards over the clips (two variants x depth bisection steps x samples draws,
+    plus the unperturbed accuracy: the most its search takes).
     """
     runs = expand_grid(config["grid"])
     epochs = config["train"]["epochs"]
@@ -120,9 +129,7 @@ def preset_units(config: dict[str, Any], lanczos_hvps: int, refined_points: int)
         "landscape": {
             a: int(n) * len(land["direction_seeds"]) * points for a, n in by_arch.items()
         },  # fmt: skip
-        "refine": {
-            a: int(n) * len(land["direction_seeds"]) * refined_points for a, n in by_arch.items()
-        },  # fmt: skip
+        "refine": {a: int(n) * len(land["direction_seeds"]) for a, n in by_arch.items()},
         "hessian": {
             a: int(n) * (lanczos_hvps + hess["trace_samples"]) * on["hessian"]
             for a, n in by_arch.items()
@@ -151,6 +158,7 @@ class Row:
     peak: float  # GEMM FLOP/s at the precision
     units: int  # in the preset
     scale: float  # paper unit FLOPs / measured unit FLOPs
+    preset: bool = True  # the preset's setting; False: an alternative, left out of the total
 
     @property
     def hours(self) -> float:
@@ -160,7 +168,8 @@ class Row:
         frac = self.flops / self.seconds / self.peak
         return (f"{self.stage:<16} {self.what:<28} {self.precision:<18} "
                 f"{self.seconds * self.scale:10.4f} s/unit {frac:7.1%} of GEMM  "
-                f"x {self.units:>9,} = {self.hours:8.2f} h")  # fmt: skip
+                f"x {self.units:>9,} = {self.hours:8.2f} h"
+                f"{'' if self.preset else '  (alternative)'}")  # fmt: skip
 
 
 class Bench:
@@ -170,8 +179,9 @@ class Bench:
         self.cuda = self.device.type == "cuda"
         self.width = 0.125 if args.reduced else 1.0
         self.frames = 100 if args.reduced else PAPER_FRAMES
-        self.config = preset_settings(args.preset)
-        self.units = preset_units(self.config, args.lanczos_hvps, args.refined_points)
+        self.config = preset_settings(*args.preset)
+        self.units = preset_units(self.config, args.lanczos_hvps)
+        self.refined = {**REFINED_POINTS, **dict(args.refined_points or [])}
         self.peaks: dict[str, float] = {}
         self.rows: list[Row] = []
         self.quiet = quiet_logger("bench_paper.quiet")
@@ -269,7 +279,7 @@ class Bench:
         n = self.args.landscape_clips or (512 if self.cuda else 16)
         batch = min(n, land["batch_size"])
         indices = list(range(self.args.points + 1))
-        precisions = sorted(PRECISIONS) if self.cuda else ["float32", "bfloat16"]
+        precisions = self.precisions("float32")
         compiled = self.args.compiled if self.cuda else []
         variants = [(p, False) for p in precisions] + [(p, True) for p in compiled]
         stamps = PointStamps()
@@ -296,86 +306,115 @@ class Bench:
                 self.add(Row("landscape point", f"{arch} {n} clips -> {PAPER_CLIPS}", label,
                              seconds, flops, self.peak(precision), units,
                              self.scale(arch, False)))  # fmt: skip
-                if precision == "float32":
-                    self.add(Row("refine point", f"{arch} IEEE re-evaluation", label, seconds,
+                if precision == "float32":  # units: one point of every surface
+                    self.add(Row("refine point", f"{arch} IEEE, 1 per surface", label, seconds,
                                  flops, self.peak(precision), self.units["refine"][arch],
                                  self.scale(arch, False)))  # fmt: skip
 
     def measures(self, stage: str) -> None:
+        """One unit of a measure, timed as its job runs it now (cuDNN autotuned on CUDA; the
+        evaluating measures on the fast eval forward at their precision, compiled with
+        measures.compile on CUDA), and as it ran before (`--before`: the plain eval model in
+        IEEE float32, no autotuning): the row that counts is the preset's setting."""
         from ascsharp.measures.common import Cost, loss_and_gradient, mean_loss
         from ascsharp.measures.curvature import hessian_operator
 
         meas = self.config["measures"]
         total = self.units["measure_clips"]
+        settings = meas.get(stage, {})
         for arch, units in self.units[stage].items():
             if not units or (self.args.archs and arch not in self.args.archs):
                 continue
             model = self.model(arch).eval()
             params = [p for p in model.parameters() if p.requires_grad]
+            # (label, precision of the GEMM rate, callable, counts for the preset)
+            variants: list[tuple[str, str, Callable[[], Any], bool]] = []
             if stage == "hessian":
                 n = 256 if self.cuda else 4
                 x, y = self.clips(n)
-                op = hessian_operator(model, x, y, meas["hessian"]["batch_size"])
+                op = hessian_operator(model, x, y, settings["batch_size"])
                 v = torch.randn(op.shape[1], device=self.device)
-
-                run = functools.partial(op.__matmul__, v)
+                variants.append(("float32 (IEEE)", "float32",
+                                 functools.partial(op.__matmul__, v), True))  # fmt: skip
                 backward, per, what = True, total / n, f"HVP over {total} clips"
                 # forward-over-reverse: about two gradients' FLOPs (an estimate)
                 flops_clip = 2 * model_flops(arch, self.width, self.frames, True)
             elif stage in ("adaptive_average", "pacbayes"):
                 n = 512 if self.cuda else 8
                 x, y = self.clips(n)
-
-                batch = meas[stage]["batch_size"]
-                run = functools.partial(mean_loss, model, x, y, batch, Cost())
+                batch = settings["batch_size"]
+                compiled = self.cuda and meas["compile"]
+                for precision in self.precisions(settings["precision"]):
+                    fast = EvalForward(model, precision=precision, compile=compiled)
+                    label = f"{precision}{' compiled' if compiled else ''} fast path"
+                    variants.append((label, precision, functools.partial(
+                        mean_loss, model, x, y, batch, Cost(), fast=fast),
+                        precision == settings["precision"]))  # fmt: skip
                 backward, per, what = False, total / n, f"forward over {total} clips"
                 flops_clip = model_flops(arch, self.width, self.frames, False)
+                plain = functools.partial(mean_loss, model, x, y, batch, Cost())
             else:
                 m = self.units["worst_m"]
                 n = m if self.cuda else 4
                 x, y = self.clips(n)
-
-                batch = meas["adaptive_worst"]["batch_size"]
-                run = functools.partial(loss_and_gradient, model, params, x, y, batch, Cost())
+                batch = settings["batch_size"]
+                variants.append(("float32 (IEEE)", "float32", functools.partial(
+                    loss_and_gradient, model, params, x, y, batch, Cost()), True))  # fmt: skip
                 backward, per, what = True, m / n, f"gradient over {m} clips"
                 flops_clip = model_flops(arch, self.width, self.frames, True)
-            with forward_precision(self.device, "float32"):  # as measure_job runs them
-                run()
-                sync(self.device)
-                seconds = min(time_call(run, self.device) for _ in range(2)) * per
-            self.add(Row(stage, f"{arch} {what}", "float32 (IEEE)", seconds,
-                         flops_clip * n * per, self.peak("float32"), units,
-                         self.scale(arch, backward)))  # fmt: skip
+            if self.args.before:  # as measure jobs ran before autotuning and the fast path
+                before = plain if stage in ("adaptive_average", "pacbayes") else variants[0][2]
+                variants.append(("float32 (IEEE) before", "float32", before, False))
+            for label, precision, run, counts in variants:
+                tuned = nullcontext() if label.endswith("before") else autotuned(self.device)
+                with forward_precision(self.device, "float32"), tuned:
+                    run()  # kernel choice, compilation
+                    sync(self.device)
+                    seconds = min(time_call(run, self.device) for _ in range(2)) * per
+                self.add(Row(stage, f"{arch} {what}", label, seconds, flops_clip * n * per,
+                             self.peak(precision), units, self.scale(arch, backward),
+                             counts))  # fmt: skip
+
+    def precisions(self, setting: str) -> list[str]:
+        """`setting` first, then the other precisions worth timing here (CPU: float16 and
+        bfloat16 autocast; tf32 is float32 there)."""
+        others = sorted(PRECISIONS) if self.cuda else ["float32", "bfloat16", "float16"]
+        return [setting, *(p for p in others if p != setting)]
 
     # --- summary -----------------------------------------------------------------------------
 
     def summary(self) -> None:
         def hours(stage: str, precision: str | None = None) -> float:
-            rows = [r for r in self.rows if r.stage == stage and
+            rows = [r for r in self.rows if r.stage == stage and r.preset and
                     (precision is None or r.precision == precision)]  # fmt: skip
-            if precision is None:  # training: one row per configuration
-                return sum(r.hours for r in rows)
             return sum(r.hours for r in rows) if rows else float("nan")
 
         train = hours("train epoch") + hours("select (epoch)")
-        meas = sum(hours(s) for s in ("hessian", "adaptive_average", "adaptive_worst", "pacbayes"))
-        land_default = self.config["landscape"]["precision"]
-        compiled = self.cuda and self.config["landscape"]["compile"]
-        default = f"{land_default}{' compiled' if compiled else ''}"
+        meas = {s: hours(s) for s in MEASURE_STAGES if s in {r.stage for r in self.rows}}
+        land = self.config["landscape"]
+        compiled = self.cuda and land["compile"]
+        default = f"{land['precision']}{' compiled' if compiled else ''}"
         size = " at REDUCED size: hours as a ratio only" if self.args.reduced else ""
-        print(f"\n=== paper preset ({self.units['runs']} runs, {self.units['surfaces']} surfaces;"
-              f" Lanczos HVPs assumed {self.args.lanczos_hvps}, refined points per surface "
-              f"assumed {self.args.refined_points}){size}; device-hours, extrapolated")  # fmt: skip
+        presets = " + ".join(p.name for p in self.args.preset)
+        print(f"\n=== {presets} ({self.units['runs']} runs, {self.units['surfaces']} surfaces; "
+              f"Lanczos HVPs assumed {self.args.lanczos_hvps}){size}; device-hours, "
+              "extrapolated")  # fmt: skip
         print(f"train (all configurations + per-epoch selection): {train:8.2f} h")
-        print(f"measures (hessian, adaptive, pacbayes):            {meas:8.2f} h")
+        for stage, h in meas.items():
+            print(f"measure {stage:<41} {h:8.2f} h")
+        total_meas = sum(meas.values())
+        print(f"measures together:                                 {total_meas:8.2f} h")
         lands = sorted({r.precision for r in self.rows if r.stage == "landscape point"})
         refine = hours("refine point", "float32 compiled" if compiled else "float32")
         for p in lands:
-            land = hours("landscape point", p)
-            extra = refine if not p.startswith("float32") else 0.0
+            surface = hours("landscape point", p)
+            fast = p.split()[0]
+            n = self.refined.get(fast, 0) if land["refine"] else 0
+            extra = refine * n
+            what = f" + {n} IEEE points" if n else ""
             mark = "  <- the preset's setting" if p == default else ""
-            print(f"landscape {p:<22}{' + IEEE refine' if extra else '':<15}: {land + extra:8.2f} h"
-                  f" -> total {train + meas + land + extra:8.2f} h{mark}")  # fmt: skip
+            print(f"landscape {p:<20}{what:<17}: {surface + extra:8.2f} h"
+                  f" -> total {train + total_meas + surface + extra:8.2f} h{mark}")  # fmt: skip
 
 
 def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
@@ -384,11 +423,29 @@ def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
             model(x[start : start + batch_size])
 
 
+def _precision_count(text: str) -> tuple[str, int]:
+    precision, _, count = text.partition("=")
+    if precision not in PRECISIONS or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PRECISION=N, e.g. float16=23")
+    return precision, int(count)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reduced", action="store_true", help="width 1/8, 100 frames (CPU, CI)")
-    ap.add_argument("--preset", type=Path, default=PRESET)
+    ap.add_argument(
+        "--preset",
+        type=Path,
+        nargs="+",
+        default=[PRESET],
+        help="config files over the schema's defaults, in order (as --configfile)",
+    )
+    ap.add_argument(
+        "--before",
+        action="store_true",
+        help="also time the measures as their jobs ran before autotuning and the fast path",
+    )
     ap.add_argument("--only", choices=STAGES, nargs="+", default=None)
     ap.add_argument("--archs", nargs="+", default=None, help="only these architectures")
     ap.add_argument("--optimizers", nargs="+", default=None)
@@ -419,10 +476,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--refined-points",
-        type=int,
-        default=20,
-        help="assumed IEEE re-evaluated points per surface (landscape.refine; bench_refine.py "
-        "measures it: 21 of 121 for bfloat16 on a trained CNN10 at the reduced CPU size)",
+        type=_precision_count,
+        nargs="+",
+        default=None,
+        metavar="PRECISION=N",
+        help=f"IEEE re-evaluated points per surface by fast precision (default {REFINED_POINTS})",
     )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -430,9 +488,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     bench = Bench(args)
     name = torch.cuda.get_device_name(bench.device) if bench.cuda else "CPU"
+    presets = " + ".join(p.name for p in args.preset)
     print(f"device={bench.device} ({name}) torch {torch.__version__} threads="
           f"{torch.get_num_threads()} width={bench.width:g} frames={bench.frames} preset="
-          f"{args.preset.name}: {bench.units['runs']} runs", flush=True)  # fmt: skip
+          f"{presets}: {bench.units['runs']} runs", flush=True)  # fmt: skip
     steps: dict[str, Callable[[], None]] = {
         "train": bench.train,
         "landscape": bench.landscape,
