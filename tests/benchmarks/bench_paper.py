@@ -164,6 +164,11 @@ class Row:
     def hours(self) -> float:
         return self.units * self.seconds * self.scale / 3600
 
+    @property
+    def floor_hours(self) -> float:
+        """The same FLOPs at 100 % of the GEMM rate."""
+        return self.units * self.flops * self.scale / self.peak / 3600
+
     def line(self) -> str:
         frac = self.flops / self.seconds / self.peak
         return (f"{self.stage:<16} {self.what:<28} {self.precision:<18} "
@@ -384,12 +389,25 @@ class Bench:
     # --- summary -----------------------------------------------------------------------------
 
     def summary(self) -> None:
-        def hours(stage: str, precision: str | None = None) -> float:
+        """Device-hours per stage and in total, each beside its floor: the same FLOPs at 100 %
+        of the GEMM rate measured at the stage's precision (what no code change can beat). A
+        landscape precision timed for only some architectures is flagged: its total is then a
+        lower bound."""
+
+        def hours(stage: str, precision: str | None = None) -> tuple[float, float]:
             rows = [r for r in self.rows if r.stage == stage and r.preset and
                     (precision is None or r.precision == precision)]  # fmt: skip
-            return sum(r.hours for r in rows) if rows else float("nan")
+            if not rows:
+                return float("nan"), float("nan")
+            return sum(r.hours for r in rows), sum(r.floor_hours for r in rows)
 
-        train = hours("train epoch") + hours("select (epoch)")
+        def line(what: str, h: tuple[float, float], note: str = "") -> None:
+            print(f"{what:<52} {h[0]:9.2f} h  (floor {h[1]:8.2f} h){note}")
+
+        def add(*hs: tuple[float, float]) -> tuple[float, float]:
+            return sum(h[0] for h in hs), sum(h[1] for h in hs)
+
+        train = add(hours("train epoch"), hours("select (epoch)"))
         meas = {s: hours(s) for s in MEASURE_STAGES if s in {r.stage for r in self.rows}}
         land = self.config["landscape"]
         compiled = self.cuda and land["compile"]
@@ -398,23 +416,29 @@ class Bench:
         presets = " + ".join(p.name for p in self.args.preset)
         print(f"\n=== {presets} ({self.units['runs']} runs, {self.units['surfaces']} surfaces; "
               f"Lanczos HVPs assumed {self.args.lanczos_hvps}){size}; device-hours, "
-              "extrapolated")  # fmt: skip
-        print(f"train (all configurations + per-epoch selection): {train:8.2f} h")
+              "extrapolated; floor: the same FLOPs at the GEMM rate")  # fmt: skip
+        line("train (all configurations + per-epoch selection)", train)
         for stage, h in meas.items():
-            print(f"measure {stage:<41} {h:8.2f} h")
-        total_meas = sum(meas.values())
-        print(f"measures together:                                 {total_meas:8.2f} h")
+            line(f"measure {stage}", h)
+        total_meas = add(*meas.values())
+        line("measures together", total_meas)
         lands = sorted({r.precision for r in self.rows if r.stage == "landscape point"})
-        refine = hours("refine point", "float32 compiled" if compiled else "float32")
+        refine_precision = "float32 compiled" if compiled else "float32"
+        refine = hours("refine point", refine_precision)
+        archs = set(self.units["landscape"])
         for p in lands:
             surface = hours("landscape point", p)
-            fast = p.split()[0]
-            n = self.refined.get(fast, 0) if land["refine"] else 0
-            extra = refine * n
+            n = self.refined.get(p.split()[0], 0) if land["refine"] else 0
+            extra = (refine[0] * n, refine[1] * n)
+            timed = {r.what.split()[0] for r in self.rows
+                     if r.stage == "landscape point" and r.precision == p}  # fmt: skip
+            missing = sorted(archs - timed)
+            note = f"  ({', '.join(missing)} not timed: a lower bound)" if missing else ""
+            note += "  <- the preset's setting" if p == default else ""
+            total = add(train, total_meas, surface, extra)
             what = f" + {n} IEEE points" if n else ""
-            mark = "  <- the preset's setting" if p == default else ""
-            print(f"landscape {p:<20}{what:<17}: {surface + extra:8.2f} h"
-                  f" -> total {train + total_meas + surface + extra:8.2f} h{mark}")  # fmt: skip
+            line(f"landscape {p}{what}", add(surface, extra), note)
+            line("  -> total with it", total)
 
 
 def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
