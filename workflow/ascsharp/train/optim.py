@@ -21,6 +21,7 @@ strings, lists and dicts, so it loads with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from typing import Any
@@ -43,7 +44,7 @@ class TorchStepper(Stepper):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
+        logits = self.forward(x)
         loss = batch_loss(logits, y)
         loss.backward()
         self.optimizer.step()
@@ -87,9 +88,12 @@ class SAMStepper(TorchStepper):
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
+        logits = self.forward(x)
         loss = batch_loss(logits, y)
         loss.backward()
+        # Copies: under CUDA graphs (compile mode "reduce-overhead") the second forward may
+        # reuse the memory of the first one's outputs.
+        loss, logits = loss.detach().clone(), logits.detach().clone()
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         scale = self.rho / (norm + 1e-12)
@@ -101,7 +105,7 @@ class SAMStepper(TorchStepper):
                 if p.grad is not None:
                     p.add_(p.grad * scale)
         self.optimizer.zero_grad(set_to_none=True)
-        batch_loss(self.model(x), y).backward()
+        batch_loss(self.forward(x), y).backward()
         with torch.no_grad():
             # Restore by copy, not by subtracting the perturbation, so w comes back exactly.
             for p, w in zip(params, weights, strict=True):
@@ -109,7 +113,7 @@ class SAMStepper(TorchStepper):
             for b, saved in zip(self.model.buffers(), buffers, strict=True):
                 b.copy_(saved)
         self.optimizer.step()
-        return loss.detach(), logits.detach()
+        return loss, logits
 
 
 class GDTUOStepper(Stepper):
@@ -158,7 +162,8 @@ class GDTUOStepper(Stepper):
         w = self.wrapper
         w.train()
         w.begin()
-        logits = w.forward(x)
+        with _no_donated_buffers(self.compiled and self.create_graph):
+            logits = self.forward(x)  # the wrapper's module, or its compiled forward
         loss = batch_loss(logits, y)
         w.zero_grad()
         with warnings.catch_warnings():
@@ -256,6 +261,14 @@ class GDTUOStepper(Stepper):
             below = params
         self._pre_step = self._capture()
         self.wrapper.step()
+
+
+def _no_donated_buffers(enabled: bool):
+    """Compile without donated buffers: a compiled backward that frees its saved tensors
+    refuses `create_graph=True` (AOTAutograd), which GDTUO's backward passes."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch._functorch.config.patch(donated_buffer=False)
 
 
 STEPPERS: dict[str, type[Stepper]] = {
