@@ -21,7 +21,6 @@ strings, lists and dicts, so it loads with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import warnings
 from typing import Any
@@ -162,14 +161,15 @@ class GDTUOStepper(Stepper):
         w = self.wrapper
         w.train()
         w.begin()
-        with _no_donated_buffers(self.compiled and self.create_graph):
-            logits = self.forward(x)  # the wrapper's module, or its compiled forward
+        logits = self.forward(x)  # the wrapper's module, or its compiled forward
         loss = batch_loss(logits, y)
         w.zero_grad()
         with warnings.catch_warnings():
             # The package's documented usage; the reference cycle is broken in _clamp_grads.
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
-            loss.backward(create_graph=self.create_graph)
+            # Compiled, without the graph: AOTAutograd's backward refuses create_graph (its
+            # donated buffers), and the updates are the same bits without it (tested).
+            loss.backward(create_graph=self.create_graph and not self.compiled)
         self._clamp_grads()
         self._pre_step = self._capture()
         w.step()
@@ -261,14 +261,6 @@ class GDTUOStepper(Stepper):
             below = params
         self._pre_step = self._capture()
         self.wrapper.step()
-
-
-def _no_donated_buffers(enabled: bool):
-    """Compile without donated buffers: a compiled backward that frees its saved tensors
-    refuses `create_graph=True` (AOTAutograd), which GDTUO's backward passes."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch._functorch.config.patch(donated_buffer=False)
 
 
 STEPPERS: dict[str, type[Stepper]] = {
