@@ -20,6 +20,7 @@ from torch import nn
 
 import ascsharp.train.loop as loop
 from ascsharp.train import checkpoint
+from ascsharp.train.evaluate import forward_precision
 from ascsharp.train.models import build_model
 from ascsharp.train.optim import make_stepper
 
@@ -36,14 +37,16 @@ def small_cnn10() -> nn.Module:
     return build_model("cnn10", width=1 / 16, n_classes=10, n_mels=64)
 
 
-def steps(stepper, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def steps(stepper, n: int = 4, device=CPU) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`n` training steps on fixed batches, dropout reseeded per step as the loop does."""
     out = []
     for k in range(n):
         g = torch.Generator().manual_seed(k)
         x, y = torch.randn(8, 64, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
         torch.manual_seed(100 + k)
-        out.append(stepper.step(x, y))
+        loss, logits = stepper.step(x.to(device), y.to(device))
+        # Copies: a CUDA-graph replay may reuse the memory of an earlier step's outputs.
+        out.append((loss.clone(), logits.clone()))
     return out
 
 
@@ -77,18 +80,31 @@ def test_kfac_statistics_steps_run_eager_and_still_capture_their_layers():
     assert stepper.stat_updates == 2 and set(stepper.factors) == set(stepper.layers)
 
 
+# Where torch.compile runs: the CPU here; on a machine with a GPU also CUDA, in IEEE float32,
+# with and without CUDA graphs (compile mode "reduce-overhead", timed by the benchmarks).
+COMPILED = [("cpu", None)] + (
+    [("cuda", None), ("cuda", "reduce-overhead")] if torch.cuda.is_available() else []
+)
+
+
 @pytest.mark.slow
 @needs_compiler
+@pytest.mark.parametrize(("device", "mode"), COMPILED)
 @pytest.mark.parametrize("name", NAMES)
-def test_compiled_training_steps_equal_the_eager_ones(name):
-    eager_model = small_cnn10()
+def test_compiled_training_steps_equal_the_eager_ones(name, device, mode):
+    device = torch.device(device)
+    eager_model = small_cnn10().to(device)
     compiled_model = copy.deepcopy(eager_model)
     eager = make_stepper(name, eager_model, 1e-3, seed=0, **OPTIONS.get(name, {}))
     compiled = make_stepper(name, compiled_model, 1e-3, seed=0, **OPTIONS.get(name, {}))
-    compiled.compile()
-    with torch._inductor.config.patch(fallback_random=True):
-        got = steps(compiled)
-    for (loss, logits), (loss_c, logits_c) in zip(steps(eager), got, strict=True):
+    compiled.compile(mode=mode)
+    with (
+        torch._inductor.config.patch(fallback_random=True),
+        forward_precision(device, "float32"),
+    ):
+        got = steps(compiled, device=device)
+        expected = steps(eager, device=device)
+    for (loss, logits), (loss_c, logits_c) in zip(expected, got, strict=True):
         assert loss_c.item() == pytest.approx(loss.item(), rel=1e-5)
         torch.testing.assert_close(logits_c, logits, rtol=1e-4, atol=1e-5)
     a, b = eager.model.state_dict(), compiled.model.state_dict()
