@@ -6,7 +6,10 @@ frames, for a CPU in CI):
 
 - train: one epoch of the workflow's own loop (train._train_epoch, the split in device memory)
   per (architecture, optimiser, batch size) of the preset, plus SAM if asked; the paper's
-  selection also evaluates the test fold after every epoch (timed as `select`);
+  selection also evaluates the test fold after every epoch (timed as `select`, through the
+  job's `predict`). Each under every `--train-variants` (bench_train.py: `autotune`, `compile`,
+  `cudagraphs` joined by `+`, or `eager`; default: the job as the preset runs it, autotuned and
+  compiled where its train.compile says), the first variant's hours going into the totals;
 - landscape: grid points of one evaluate_points call (after its first point, which pays the
   start-up), at every precision available here, eager and, on CUDA, compiled;
 - hessian: one Hessian-vector product (curvlinops, IEEE float32 as the measure job runs it);
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import itertools
 import sys
 import time
 import traceback
@@ -54,16 +58,28 @@ from bench_common import (  # noqa: E402
     sync,
     time_call,
 )
-from bench_train import epoch_job  # noqa: E402
+from bench_train import (  # noqa: E402
+    epoch_job,
+    timed_epochs,
+    variant,
+    variant_context,
+    variant_stepper,
+    workflow_variant,
+)
 
 from ascsharp.core.config import schema_defaults  # noqa: E402
 from ascsharp.core.runs import expand_grid  # noqa: E402
 from ascsharp.core.surface import Grid  # noqa: E402
 from ascsharp.landscape.compute import evaluate_points
-from ascsharp.train.evaluate import PRECISIONS, EvalForward, autotuned, forward_precision
+from ascsharp.train.evaluate import (
+    PRECISIONS,
+    EvalForward,
+    autotuned,
+    forward_precision,
+    predict,
+)
 from ascsharp.train.loop import _train_epoch, batch_count  # noqa: E402
 from ascsharp.train.models import build_model  # noqa: E402
-from ascsharp.train.optim import make_stepper
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "workflow" / "presets" / "paper.yaml"
@@ -227,54 +243,60 @@ class Bench:
         if a.sam:
             combos += [("cnn10", "sam", bs) for bs in sorted({c[2] for c in combos})]
         precision = "tf32" if self.cuda else "float32"  # PyTorch's default: TF32 convolutions
-        for arch, optimizer, batch_size in combos:
+        variants = a.train_variants or [workflow_variant(self.config["train"]["compile"])]
+        for name, (arch, optimizer, batch_size) in itertools.product(variants, combos):
             wanted = (a.archs, arch), (a.optimizers, optimizer), (a.batch_sizes, batch_size)
             if any(only and value not in only for only, value in wanted):
                 continue
-            model = self.model(arch)
-            stepper = make_stepper(optimizer, model, 1e-4, seed=0)
+            stepper = variant_stepper(name, optimizer, self.model(arch))
             n = a.train_clips or (512 if self.cuda else 2 * batch_size)
             x, y = self.clips(n)
             job = epoch_job(x, y, batch_size, self.width, amp=False)
-            _train_epoch(job, 0, stepper, self.device, self.quiet)  # warm-up
-            if a.start_at:  # several processes: time the same window of wall time
-                late = time.time() - a.start_at
-                time.sleep(max(0.0, -late))
-                window = time.time()
-            rows = [_train_epoch(job, e, stepper, self.device, self.quiet)
-                    for e in range(1, a.epochs + 1)]  # fmt: skip
-            clips_per_s = max(r["clips_per_s"] for r in rows)
-            if a.start_at:  # no GEMM timing either: the others may still be in their window
-                print(f"  window {window:.3f} {time.time():.3f} clips {n * a.epochs} "
-                      f"(late {max(0.0, late):.1f} s), best epoch {clips_per_s:,.1f} clips/s",
-                      flush=True)  # fmt: skip
-                continue
+            with variant_context(name, self.device):
+                if a.start_at:  # several processes: time the same window of wall time
+                    _train_epoch(job, 0, stepper, self.device, self.quiet)  # warm-up
+                    late = time.time() - a.start_at
+                    time.sleep(max(0.0, -late))
+                    window = time.time()
+                    rows = [_train_epoch(job, e, stepper, self.device, self.quiet)
+                            for e in range(1, a.epochs + 1)]  # fmt: skip
+                    clips_per_s = max(r["clips_per_s"] for r in rows)
+                    # no GEMM timing either: the others may still be in their window
+                    print(f"  window {window:.3f} {time.time():.3f} clips {n * a.epochs} "
+                          f"(late {max(0.0, late):.1f} s), best epoch {clips_per_s:,.1f} "
+                          "clips/s", flush=True)  # fmt: skip
+                    continue
+                clips_per_s, startup = timed_epochs(job, stepper, self.device, a.epochs,
+                                                    self.quiet)  # fmt: skip
             steps = batch_count(n, batch_size)
             # the unit is one epoch over the paper's clips: its steps at this step's time
             step_s = n / clips_per_s / steps
             paper_steps = batch_count(PAPER_CLIPS, batch_size)
             flops = model_flops(arch, self.width, self.frames, True) * batch_size
             units = self.units["train"].get((arch, optimizer, batch_size), 0)
-            print(f"  {arch} {optimizer} batch {batch_size}: {clips_per_s:,.1f} clips/s "
-                  f"over {n} clips", flush=True)  # fmt: skip
-            self.add(Row("train epoch", f"{arch} {optimizer} b{batch_size}", precision,
-                         step_s * paper_steps, flops * paper_steps, self.peak(precision), units,
-                         self.scale(arch, True)))  # fmt: skip
+            print(f"  {arch} {optimizer} batch {batch_size} {name}: {clips_per_s:,.1f} clips/s "
+                  f"over {n} clips, start-up {startup:.1f} s", flush=True)  # fmt: skip
+            self.add(Row("train epoch", f"{arch} {optimizer} b{batch_size}",
+                         f"{precision} {name}", step_s * paper_steps, flops * paper_steps,
+                         self.peak(precision), units, self.scale(arch, True)))  # fmt: skip
         if a.archs or a.optimizers or a.batch_sizes:
             return  # one configuration alone (concurrent processes): no selection
         eval_batch = self.config["train"]["eval_batch_size"]
-        for arch, units in self.units["select"].items():
-            model = self.model(arch).eval()
+        for name, (arch, units) in itertools.product(variants, self.units["select"].items()):
+            # The job's evaluation forward: compiled with the training one, never CUDA graphs.
+            stepper = variant_stepper(name.replace("cudagraphs", "compile"), "adam",
+                                      self.model(arch))  # fmt: skip
             n = 1024 if self.cuda else 16
             x, _ = self.clips(n)
 
-            run = functools.partial(_predict, model, x, eval_batch)
-            run()
-            sync(self.device)
-            seconds = min(time_call(run, self.device) for _ in range(2))
+            run = functools.partial(predict, stepper.forward, x, eval_batch)
+            with variant_context(name, self.device):
+                run()
+                sync(self.device)
+                seconds = min(time_call(run, self.device) for _ in range(2))
             per = PAPER_TEST_CLIPS / n
-            self.add(Row("select (epoch)", f"{arch} test fold", precision, seconds * per,
-                         model_flops(arch, self.width, self.frames, False) * n * per,
+            self.add(Row("select (epoch)", f"{arch} test fold", f"{precision} {name}",
+                         seconds * per, model_flops(arch, self.width, self.frames, False) * n * per,
                          self.peak(precision), units, self.scale(arch, False)))  # fmt: skip
 
     def landscape(self) -> None:
@@ -407,7 +429,15 @@ class Bench:
         def add(*hs: tuple[float, float]) -> tuple[float, float]:
             return sum(h[0] for h in hs), sum(h[1] for h in hs)
 
-        train = add(hours("train epoch"), hours("select (epoch)"))
+        # Training: one row per configuration and variant; the first variant's go into the total.
+        variants = list(dict.fromkeys(r.precision for r in self.rows if r.stage == "train epoch"))
+
+        def train_hours(label: str) -> tuple[float, float]:
+            rows = [r for r in self.rows if r.precision == label and
+                    r.stage in ("train epoch", "select (epoch)")]  # fmt: skip
+            return sum(r.hours for r in rows), sum(r.floor_hours for r in rows)
+
+        train = train_hours(variants[0]) if variants else (float("nan"), float("nan"))
         meas = {s: hours(s) for s in MEASURE_STAGES if s in {r.stage for r in self.rows}}
         land = self.config["landscape"]
         compiled = self.cuda and land["compile"]
@@ -417,7 +447,9 @@ class Bench:
         print(f"\n=== {presets} ({self.units['runs']} runs, {self.units['surfaces']} surfaces; "
               f"Lanczos HVPs assumed {self.args.lanczos_hvps}){size}; device-hours, "
               "extrapolated; floor: the same FLOPs at the GEMM rate")  # fmt: skip
-        line("train (all configurations + per-epoch selection)", train)
+        for label in variants:
+            mark = "  <- in the totals" if label == variants[0] and len(variants) > 1 else ""
+            line(f"train {label} (+ per-epoch selection)", train_hours(label), mark)
         for stage, h in meas.items():
             line(f"measure {stage}", h)
         total_meas = add(*meas.values())
@@ -439,12 +471,6 @@ class Bench:
             what = f" + {n} IEEE points" if n else ""
             line(f"landscape {p}{what}", add(surface, extra), note)
             line("  -> total with it", total)
-
-
-def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size])
 
 
 def _precision_count(text: str) -> tuple[str, int]:
@@ -476,6 +502,14 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     ap.add_argument("--sam", action="store_true", help="also time SAM (not in the preset)")
     ap.add_argument("--epochs", type=int, default=1, help="timed training epochs (best kept)")
+    ap.add_argument(
+        "--train-variants",
+        type=variant,
+        nargs="+",
+        default=None,
+        help="training variants (bench_train.py: autotune, compile, cudagraphs joined by +, or "
+        "eager); the first goes into the totals. Default: the job as the preset runs it",
+    )
     ap.add_argument(
         "--start-at",
         type=float,

@@ -9,6 +9,16 @@ On CUDA, float32 training runs its convolutions in TF32 (PyTorch's default, as i
 it is held to the TF32 GEMM rate; `--amp` trains under bfloat16 autocast. `--storage float16`
 keeps the split in half precision (1.8 GB instead of 3.6 GB for the real one).
 
+`--variants`: how each width is trained, `+`-joined levers of a training job on CUDA
+(`eager`: none): `autotune` (cuDNN times its kernels per shape: evaluate.autotuned, which every
+training job now runs under), `compile` (torch.compile of the training forward and backward:
+train.compile), `cudagraphs` (compile with mode="reduce-overhead": CUDA graphs; not a workflow
+setting, timed to see whether it would pay). The default, `autotune`, is the workflow's job
+with train.compile off. Each variant prints its clips/s, the ratio to the first variant, and its
+start-up (the first epoch beyond a timed one: kernel timing, compilation). On a CPU autotune
+and cudagraphs do nothing, and compile is inductor's C++ backend: ratios there say nothing of a
+GPU.
+
 `--naive`: the workflow's in-memory split against a per-clip-file DataLoader (as the original
 study's code did, with `--naive-workers` workers), on the same model, optimiser, batch size and
 clips, in the same process, interleaved; the ratio is meaningful, the absolute rates are not.
@@ -18,6 +28,7 @@ Run: `python tests/benchmarks/bench_train.py [--naive] [--device cuda] ...`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import warnings
@@ -32,8 +43,67 @@ from bench_common import PAPER_CLIPS, PAPER_FRAMES, gemm_rate, quiet_logger, tim
 from bench_landscape import NpyClips, build, dispatch, write_clip_files  # noqa: E402
 
 from ascsharp.features.clips import Clips, Store  # noqa: E402
+from ascsharp.train.evaluate import autotuned  # noqa: E402
 from ascsharp.train.loop import Job, TrainFiles, TrainSettings, _train_epoch  # noqa: E402
-from ascsharp.train.optim import make_stepper
+from ascsharp.train.optim import make_stepper  # noqa: E402
+from ascsharp.train.stepper import Stepper  # noqa: E402
+
+# The levers of a training job on CUDA that a variant joins with `+` ("eager": none of them).
+LEVERS = ("autotune", "compile", "cudagraphs")
+
+
+def variant(text: str) -> str:
+    """A variant name checked (argparse type): `eager` or levers joined by `+`."""
+    unknown = set(levers(text)) - set(LEVERS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown lever {sorted(unknown)[0]!r}; levers: {', '.join(LEVERS)}, "
+            "joined by + (or eager)"
+        )
+    return text
+
+
+def levers(name: str) -> list[str]:
+    return [] if name == "eager" else name.split("+")
+
+
+def workflow_variant(compile: bool) -> str:
+    """The variant a training job on CUDA runs as (train.compile `compile`)."""
+    return "autotune+compile" if compile else "autotune"
+
+
+@contextlib.contextmanager
+def variant_context(name: str, device: torch.device):
+    """cuDNN autotuning on (as a training job) or off (cuDNN's heuristic choice) for `name`."""
+    if "autotune" in levers(name):
+        with autotuned(device):
+            yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def variant_stepper(name: str, optimizer: str, model: torch.nn.Module) -> Stepper:
+    """The optimiser's stepper on `model`, its training forward compiled as `name` says."""
+    stepper = make_stepper(optimizer, model, 1e-4, seed=0)
+    if "cudagraphs" in levers(name):
+        stepper.compile(mode="reduce-overhead")
+    elif "compile" in levers(name):
+        stepper.compile()
+    return stepper
+
+
+def timed_epochs(job: Job, stepper: Stepper, device: torch.device, repeats: int, log):
+    """A warm-up epoch then `repeats` timed ones, as a job runs them: (best clips/s, the
+    warm-up's seconds beyond a timed epoch's: start-up such as kernel timing, compilation)."""
+    warm = _train_epoch(job, 0, stepper, device, log)
+    rows = [_train_epoch(job, e, stepper, device, log) for e in range(1, repeats + 1)]
+    best = max(rows, key=lambda r: r["clips_per_s"])
+    return best["clips_per_s"], max(0.0, warm["seconds"] - best["seconds"])
 
 
 def peak_main(argv: list[str]) -> None:
@@ -53,6 +123,14 @@ def peak_main(argv: list[str]) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed epochs; the best is kept")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--variants",
+        type=variant,
+        nargs="+",
+        default=[workflow_variant(False)],
+        help="training variants, levers joined by + (autotune, compile, cudagraphs) or eager; "
+        "default: autotune, the workflow's job with train.compile off",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -69,30 +147,39 @@ def peak_main(argv: list[str]) -> None:
         small = width <= 0.25
         clips = args.clips or ((2048 if small else 512) if cuda else (64 if small else 8))
         torch.manual_seed(0)
-        model = build_model(args.arch, n_classes=10, width=width, n_mels=64).to(device)
-        stepper = make_stepper(args.optimizer, model, 1e-4, seed=0)
         x = torch.randn(clips, 64, args.frames, device=device).to(getattr(torch, args.storage))
         y = torch.randint(0, 10, (clips,), device=device)
         job = epoch_job(x, y, args.batch_size, width, args.amp)
+        # Counted on an eager step of a model of its own (optimiser included).
+        model = build_model(args.arch, n_classes=10, width=width, n_mels=64).to(device)
         with FlopCounterMode(display=False) as counter:
-            stepper.step(x[: args.batch_size].float(), y[: args.batch_size])
+            make_stepper(args.optimizer, model, 1e-4, seed=0).step(
+                x[: args.batch_size].float(), y[: args.batch_size]
+            )
         flops_per_clip = counter.get_total_flops() / args.batch_size
-        _train_epoch(job, 0, stepper, device, quiet)  # warm-up: allocator, kernel choice
-        rows = [_train_epoch(job, e, stepper, device, quiet) for e in range(1, args.repeats + 1)]
-        clips_per_s = max(r["clips_per_s"] for r in rows)
-        rate = flops_per_clip * clips_per_s
-        paper_epoch = PAPER_CLIPS * PAPER_FRAMES / args.frames / clips_per_s
-        print(f"width {width:g}: {flops_per_clip / 1e9:.3f} GFLOP per clip per training step, "
-              f"{clips} clips: {clips_per_s:,.1f} clips/s, {rate / 1e9:,.1f} GFLOP/s = "
-              f"{rate / peak:.1%} of GEMM at {precision}; one paper epoch here: "
-              f"{paper_epoch / 60:,.1f} min (extrapolated)")  # fmt: skip
+        first = None
+        for name in args.variants:
+            torch.manual_seed(0)
+            model = build_model(args.arch, n_classes=10, width=width, n_mels=64).to(device)
+            stepper = variant_stepper(name, args.optimizer, model)
+            with variant_context(name, device):
+                clips_per_s, startup = timed_epochs(job, stepper, device, args.repeats, quiet)
+            first = first or clips_per_s
+            rate = flops_per_clip * clips_per_s
+            paper_epoch = PAPER_CLIPS * PAPER_FRAMES / args.frames / clips_per_s
+            print(f"width {width:g} {name}: {flops_per_clip / 1e9:.3f} GFLOP per clip per "
+                  f"training step, {clips} clips: {clips_per_s:,.1f} clips/s "
+                  f"(x{clips_per_s / first:.2f} of {args.variants[0]}), {rate / 1e9:,.1f} "
+                  f"GFLOP/s = {rate / peak:.1%} of GEMM at {precision}; start-up "
+                  f"{startup:.1f} s; one paper epoch here: {paper_epoch / 60:,.1f} min "
+                  "(extrapolated)", flush=True)  # fmt: skip
 
 
 def epoch_job(x: torch.Tensor, y: torch.Tensor, batch_size: int, width: float, amp: bool) -> Job:
     """A training job over the clips (x, y) in memory, for train._train_epoch."""
     table = pd.DataFrame({"filename": [f"{i}.wav" for i in range(len(x))]})
     settings = TrainSettings(epochs=1, width=width, selection="validation", eval_batch_size=256,
-                             amp=amp)  # fmt: skip
+                             amp=amp, compile=False)  # fmt: skip
     fit = Clips(x, y, table)
     unused = Store(Path("unused.npy"), Path("unused.tsv"))  # the data are in memory
     files = TrainFiles(train=unused, test=unused, holdout=Path("unused.tsv"),

@@ -7,6 +7,13 @@
 #      whether grid runs should share a GPU.
 #   bash tests/benchmarks/run_gpu_paper.sh [OUT] [cpu]     (OUT defaults to bench-gpu; `cpu`
 #   runs every part at the reduced CPU size, to check the script itself)
+# The training levers (docs/performance.md), a second call of at most ~6 minutes:
+#   PARTS="env train_variants train_levers" bash tests/benchmarks/run_gpu_paper.sh OUT
+#   train_variants: every training configuration of the preset autotuned (as jobs run now) and
+#      eager (cuDNN's heuristic kernels, as before), with their GPU-hours;
+#   train_levers: CNN10 at width 1, Adam, batch 32: autotune, eager, autotune+compile
+#      (train.compile) and autotune+cudagraphs (torch.compile mode reduce-overhead).
+# PARTS (default "env paper refine concurrent") names the parts to run, in this order.
 # Each part writes OUT/<part>.txt as it goes and has its own time limit; a failing or timed-out
 # part is reported and the next one still runs. Run from the repository root.
 set -uo pipefail
@@ -18,14 +25,17 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}"
 py=python3
 [ -x .venv/bin/python ] && py=.venv/bin/python
+parts=" ${PARTS:-env paper refine concurrent} "
 if [ "$mode" = cpu ]; then
     dev=(--device cpu --reduced --threads 1)
-    limits=(300 300 200)
+    limits=(300 300 200 300 300)
     train_clips=64
+    levers=(--device cpu --threads 1 --widths 0.125 --frames 100 --clips 64)
 else
     dev=(--device cuda)
-    limits=(240 110 90)
+    limits=(240 110 90 150 210)
     train_clips=2048
+    levers=(--device cuda --widths 1.0 --clips 1024)
 fi
 status=0
 started=$SECONDS
@@ -33,6 +43,7 @@ started=$SECONDS
 part() {  # part NAME SECONDS COMMAND...: run under a time limit, keep its output, note a failure
     local name=$1 limit=$2
     shift 2
+    [[ $parts == *" $name "* ]] || return 0
     echo "=== $name (limit ${limit} s, $((SECONDS - started)) s so far): $*"
     local t0=$SECONDS
     timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
@@ -82,5 +93,9 @@ part paper "${limits[0]}" "$py" "$here/bench_paper.py" "${dev[@]}" --sam
 part refine "${limits[1]}" "$py" "$here/bench_refine.py" "${dev[@]}"
 part concurrent "${limits[2]}" bash -c 'read -ra dev <<<"$DEV"; for n in 1 2 4; do
     concurrent "$n" || exit 1; done'
+part train_variants "${limits[3]}" "$py" "$here/bench_paper.py" "${dev[@]}" --only train --sam \
+    --train-variants autotune eager
+part train_levers "${limits[4]}" "$py" "$here/bench_train.py" "${levers[@]}" --batch-size 32 \
+    --repeats 3 --variants autotune eager autotune+compile autotune+cudagraphs
 echo "=== all parts: $((SECONDS - started)) s, status $status; outputs in $out/"
 exit $status

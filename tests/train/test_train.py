@@ -178,7 +178,7 @@ def test_kill_9_mid_training_then_rerun_equals_uninterrupted(feature_store, tmp_
             str(files.train.tsv), "--test-npy", str(files.test.npy), "--test-tsv",
             str(files.test.tsv), "--holdout", str(files.holdout), "--epochs", "6",
             "--width", str(settings.width), "--eval-batch-size", "32", "--threads", "1",
-            "--selection", settings.selection, "--no-amp", "--features-settings",
+            "--selection", settings.selection, "--no-amp", "--no-compile", "--features-settings",
             str(feature_store / "train.json")]  # fmt: skip
 
     def cmd(out: Path) -> list[str]:

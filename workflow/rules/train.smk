@@ -59,6 +59,8 @@ rule train:
         mem_mb=memory_mb,
         # Speed only (evaluation in eval mode, one clip at a time): reruns nothing (common.smk).
         eval_batch_size=TRAIN["eval_batch_size"],
+        # A switch: --compile or --no-compile. Speed only (CUDA): reruns nothing either.
+        compile="--compile" if TRAIN["compile"] else "--no-compile",
     params:
         epochs=TRAIN["epochs"],
         selection=TRAIN["selection"],
@@ -72,7 +74,8 @@ rule train:
         " --test-tsv {input.test_tsv} --holdout {input.holdout}"
         " --features-settings {input.settings} --epochs {params.epochs}"
         " --width {params.width} --selection {params.selection}"
-        " --eval-batch-size {resources.eval_batch_size} {params.amp} --threads {threads}"
+        " --eval-batch-size {resources.eval_batch_size} {resources.compile} {params.amp}"
+        " --threads {threads}"
         " --model {output.model} --metrics {output.metrics} --history {output.history}"
         " {params.trajectory} > {log} 2>&1"
 

@@ -11,7 +11,7 @@ from ascsharp.core.settings import add_options, from_args
 from ascsharp.features.commands import open_store, store_arguments
 
 # The settings of a run (config: train, model.width), the fields of train.loop.TrainSettings.
-SETTINGS_KEYS = ("epochs", "width", "selection", "eval_batch_size", "amp")
+SETTINGS_KEYS = ("epochs", "width", "selection", "eval_batch_size", "amp", "compile")
 
 
 def _train_args(p):

@@ -132,7 +132,10 @@ class KFACStepper(Stepper):
             for name, m in self.layers.items():
                 handles.append(m.register_forward_hook(_capture_hook(captured, name)))
         try:
-            logits = self.model(x)
+            # Statistics steps run eager: the compiled forward would not call hooks registered
+            # after it was traced (torch.compile does not guard on them), so it would capture
+            # nothing. The other steps (stats_interval - 1 of each stats_interval) use it.
+            logits = (self.model if collect else self.forward)(x)
         finally:
             for h in handles:
                 h.remove()

@@ -26,7 +26,14 @@ from ascsharp.core.tensors import weights_digest
 from ascsharp.data.meta import SCENES
 from ascsharp.features.clips import Clips, Store, load_split
 from ascsharp.train import checkpoint
-from ascsharp.train.evaluate import autocast, breakdown, loss_and_accuracy, pick_device, predict
+from ascsharp.train.evaluate import (
+    autocast,
+    autotuned,
+    breakdown,
+    loss_and_accuracy,
+    pick_device,
+    predict,
+)
 from ascsharp.train.models import initial_model
 from ascsharp.train.optim import make_stepper
 from ascsharp.train.trajectory import TrajectoryRecorder
@@ -45,6 +52,7 @@ class TrainSettings:
     selection: str  # one of SELECTIONS
     eval_batch_size: int
     amp: bool
+    compile: bool  # speed only, on CUDA: see `compiles`
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -142,18 +150,42 @@ def train(
     init_sha256 = weights_digest(model)  # the measure distance_from_init checks it
     model = model.to(device)
     stepper = make_stepper(hp["optimizer"], model, hp["lr"], seed=derive_seed(run, "optimizer"))
+    if compiles(settings, device):
+        stepper.compile()
+        log.info("training and evaluation forwards compiled (train.compile)")
+        if hp["optimizer"] == "kfac":
+            log.info("kfac: its curvature-statistics steps run eager (module hooks)")
 
     resume_file = job.files.resume
     state = _resume(resume_file, resume_key, job, model, stepper, log)
     recorder = TrajectoryRecorder(files.trajectory, run) if files.trajectory else None
     if recorder:
         recorder.start(model, state.epoch)
+    # Every shape of the job recurs for the whole run: cuDNN's timed kernel choice pays back.
+    with autotuned(device):
+        _train_epochs(job, stepper, state, recorder, device, resume_key, log)
+        metrics = _finish(job, stepper, state, log, init_sha256)
+    if recorder:
+        recorder.finish(state.epoch)
+    return metrics
+
+
+def compiles(settings: TrainSettings, device: torch.device) -> bool:
+    """train.compile acts on CUDA only: CPU jobs stay eager, and so bit-identical."""
+    return settings.compile and device.type == "cuda"
+
+
+def _train_epochs(
+    job: Job, stepper, state: TrainState, recorder, device: torch.device, key: str, log
+) -> None:
+    """The epochs after `state.epoch`, each evaluated on the selection split and checkpointed."""
+    settings, select, paper, model = job.settings, job.select, job.paper, stepper.model
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         if state.diverged:
             break
         row = _train_epoch(job, epoch, stepper, device, log)
         row["select_loss"], row["select_accuracy"] = loss_and_accuracy(
-            predict(model, select.x, settings.eval_batch_size, settings.amp), select.y
+            predict(stepper.forward, select.x, settings.eval_batch_size, settings.amp), select.y
         )
         row.update(stepper.hyperparameters())
         state.history.append(row)
@@ -177,12 +209,7 @@ def train(
         )
         if recorder:  # before the resume checkpoint: a resumed run has every epoch it did
             recorder.record(epoch, model)
-        _save_resume(resume_file, resume_key, job, model, stepper, state)
-
-    metrics = _finish(job, model, state, log, init_sha256)
-    if recorder:
-        recorder.finish(state.epoch)
-    return metrics
+        _save_resume(job.files.resume, key, job, model, stepper, state)
 
 
 def _train_epoch(job: Job, epoch: int, stepper, device: torch.device, log) -> dict[str, Any]:
@@ -244,8 +271,9 @@ def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # Settings that do not change a checkpoint of epoch k: the epoch count is read only once training
-# has ended (no schedule depends on it), the evaluation batch size is speed only (rerun economy).
-_FINISH_ONLY_SETTINGS = ("epochs", "eval_batch_size")
+# has ended (no schedule depends on it); the evaluation batch size and compile are speed only
+# (rerun economy).
+_NOT_FINGERPRINTED = ("epochs", "eval_batch_size", "compile")
 
 
 def resume_fingerprint(
@@ -261,7 +289,7 @@ def resume_fingerprint(
     clips are not in it: they are read only after the last epoch."""
     from ascsharp.core.tensors import tensor_digest
 
-    trained = {k: v for k, v in asdict(settings).items() if k not in _FINISH_ONLY_SETTINGS}
+    trained = {k: v for k, v in asdict(settings).items() if k not in _NOT_FINGERPRINTED}
     h = hashlib.sha256()
     h.update(json.dumps([run, trained, feature_settings], sort_keys=True, default=str).encode())
     for clips in (fit, select):
@@ -311,9 +339,10 @@ def _save_resume(path: Path, key: str, job: Job, model, stepper, state: TrainSta
         )
 
 
-def _finish(job: Job, model, state: TrainState, log, init_sha256: str) -> dict[str, Any]:
+def _finish(job: Job, stepper, state: TrainState, log, init_sha256: str) -> dict[str, Any]:
     """Evaluate the selected epoch's weights and write model.pt, history.tsv and metrics.json."""
     settings, fit, select, test, paper = job.settings, job.fit, job.select, job.test, job.paper
+    model, forward = stepper.model, stepper.forward
     run, hp, history = job.run, job.hyperparameters, state.history
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -323,11 +352,11 @@ def _finish(job: Job, model, state: TrainState, log, init_sha256: str) -> dict[s
     )
 
     eval_bs, amp = settings.eval_batch_size, settings.amp
-    train_loss, train_acc = loss_and_accuracy(predict(model, fit.x, eval_bs, amp), fit.y)
-    test_metrics = breakdown(test.table, predict(model, test.x, eval_bs, amp), test.y)
+    train_loss, train_acc = loss_and_accuracy(predict(forward, fit.x, eval_bs, amp), fit.y)
+    test_metrics = breakdown(test.table, predict(forward, test.x, eval_bs, amp), test.y)
     validation = None
     if not paper:
-        val_loss, val_acc = loss_and_accuracy(predict(model, select.x, eval_bs, amp), select.y)
+        val_loss, val_acc = loss_and_accuracy(predict(forward, select.x, eval_bs, amp), select.y)
         validation = {"loss": val_loss, "accuracy": val_acc, "n": len(select)}
     metrics = {
         "run": run,

@@ -43,7 +43,7 @@ class TorchStepper(Stepper):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
+        logits = self.forward(x)
         loss = batch_loss(logits, y)
         loss.backward()
         self.optimizer.step()
@@ -87,9 +87,12 @@ class SAMStepper(TorchStepper):
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
+        logits = self.forward(x)
         loss = batch_loss(logits, y)
         loss.backward()
+        # Copies: under CUDA graphs (compile mode "reduce-overhead") the second forward may
+        # reuse the memory of the first one's outputs.
+        loss, logits = loss.detach().clone(), logits.detach().clone()
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         scale = self.rho / (norm + 1e-12)
@@ -101,7 +104,7 @@ class SAMStepper(TorchStepper):
                 if p.grad is not None:
                     p.add_(p.grad * scale)
         self.optimizer.zero_grad(set_to_none=True)
-        batch_loss(self.model(x), y).backward()
+        batch_loss(self.forward(x), y).backward()
         with torch.no_grad():
             # Restore by copy, not by subtracting the perturbation, so w comes back exactly.
             for p, w in zip(params, weights, strict=True):
@@ -109,7 +112,7 @@ class SAMStepper(TorchStepper):
             for b, saved in zip(self.model.buffers(), buffers, strict=True):
                 b.copy_(saved)
         self.optimizer.step()
-        return loss.detach(), logits.detach()
+        return loss, logits
 
 
 class GDTUOStepper(Stepper):
@@ -158,13 +161,15 @@ class GDTUOStepper(Stepper):
         w = self.wrapper
         w.train()
         w.begin()
-        logits = w.forward(x)
+        logits = self.forward(x)  # the wrapper's module, or its compiled forward
         loss = batch_loss(logits, y)
         w.zero_grad()
         with warnings.catch_warnings():
             # The package's documented usage; the reference cycle is broken in _clamp_grads.
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
-            loss.backward(create_graph=self.create_graph)
+            # Compiled, without the graph: AOTAutograd's backward refuses create_graph (its
+            # donated buffers), and the updates are the same bits without it (tested).
+            loss.backward(create_graph=self.create_graph and not self.compiled)
         self._clamp_grads()
         self._pre_step = self._capture()
         w.step()

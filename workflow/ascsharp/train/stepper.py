@@ -2,7 +2,11 @@
 
 `step(x, y)` does one update on a batch with mean cross-entropy and returns (loss, logits) from the
 forward pass at the pre-update weights; `state_dict()` / `load_state_dict()` hold everything the
-optimiser needs to continue bit-identically on CPU."""
+optimiser needs to continue bit-identically on CPU.
+
+The training forward goes through `stepper.forward`: the model itself, or after `compile()` its
+torch.compile'd forward (the same module and weights; speed only, used on CUDA by train.compile).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,20 @@ class Stepper:
     def __init__(self, model: nn.Module, options: dict[str, Any]):
         self.model = model
         self.options = options
+        # What the training forward calls: the model, or the compiled forward of `compile()`.
+        self.forward: nn.Module = model
+
+    def compile(self, mode: str | None = None) -> None:
+        """Send the training forward (and its backward) through torch.compile; `mode` as
+        torch.compile's ("reduce-overhead": CUDA graphs). The weights, buffers and state dict
+        stay the model's own: the compiled module wraps it, nothing is copied. Shapes are
+        static (`dynamic=False`): a job sees few batch sizes (the batch, a last partial one,
+        the evaluation batches), each compiled once."""
+        self.forward = torch.compile(self.model, dynamic=False, mode=mode)
+
+    @property
+    def compiled(self) -> bool:
+        return self.forward is not self.model
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
