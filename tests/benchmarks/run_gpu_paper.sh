@@ -13,6 +13,12 @@
 #      eager (cuDNN's heuristic kernels, as before), with their GPU-hours;
 #   train_levers: CNN10 at width 1, Adam, batch 32: autotune, eager, autotune+compile
 #      (train.compile) and autotune+cudagraphs (torch.compile mode reduce-overhead).
+# The measures and landscapes as their jobs run now, paper.yaml + gpu-fast.yaml (a third call of
+# at most ~9 minutes; the first to run, since the projections in docs/performance.md rest on it):
+#   PARTS="env measures landscapes" bash tests/benchmarks/run_gpu_paper.sh OUT
+#   measures: every measure autotuned and on the fast forward at each precision, and as before
+#      (--before: the plain model, cuDNN's heuristic kernels), with the floors;
+#   landscapes: CNN10 and CNN14 grid points at every precision, compiled IEEE float32 and float16.
 # PARTS (default "env paper refine concurrent") names the parts to run, in this order.
 # Each part writes OUT/<part>.txt as it goes and has its own time limit; a failing or timed-out
 # part is reported and the next one still runs. Run from the repository root.
@@ -28,12 +34,12 @@ py=python3
 parts=" ${PARTS:-env paper refine concurrent} "
 if [ "$mode" = cpu ]; then
     dev=(--device cpu --reduced --threads 1)
-    limits=(300 300 200 300 300)
+    limits=(300 300 200 300 300 300 300)
     train_clips=64
     levers=(--device cpu --threads 1 --widths 0.125 --frames 100 --clips 64)
 else
     dev=(--device cuda)
-    limits=(240 110 90 150 210)
+    limits=(240 110 90 150 210 200 300)
     train_clips=2048
     levers=(--device cuda --widths 1.0 --clips 1024)
 fi
@@ -97,5 +103,10 @@ part train_variants "${limits[3]}" "$py" "$here/bench_paper.py" "${dev[@]}" --on
     --train-variants autotune eager
 part train_levers "${limits[4]}" "$py" "$here/bench_train.py" "${levers[@]}" --batch-size 32 \
     --repeats 3 --variants autotune eager autotune+compile autotune+cudagraphs
+fast=(--preset workflow/presets/paper.yaml workflow/presets/gpu-fast.yaml)
+part measures "${limits[5]}" "$py" "$here/bench_paper.py" "${dev[@]}" "${fast[@]}" --before \
+    --only hessian adaptive_average adaptive_worst pacbayes
+part landscapes "${limits[6]}" "$py" "$here/bench_paper.py" "${dev[@]}" "${fast[@]}" \
+    --only landscape --compiled float32 float16
 echo "=== all parts: $((SECONDS - started)) s, status $status; outputs in $out/"
 exit $status
