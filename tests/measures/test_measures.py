@@ -722,7 +722,8 @@ def test_measure_killed_with_sigkill_resumes_to_the_same_result(
     tmp_path, feature_store, model_file
 ):
     """A real `kill -9` of the job mid-way; the rerun reads the partial file and finishes."""
-    common = ("--measure adaptive_average --samples 150 --rho 0.1 --batch-size 64 --clips all "
+    common = ("--measure adaptive_average --samples 150 --rho 0.1 --precision float32 "
+              "--batch-size 64 --clips all "
               "--selection landscape --device cpu --threads 1").split()  # fmt: skip
     ref = tmp_path / "ref.json"
     main(measure_cli(model_file, feature_store, ref, *common))

@@ -140,6 +140,7 @@ class EvalForward:
     """The eval-mode forward of `model` at its current weights, at a forward precision, fast:
     every BatchNorm folded into its convolution (CNN10/CNN14), then channels-last (eager) or
     torch.compile'd (`compile`). The same function as `model.eval()` up to float rounding.
+    Puts `model` in eval mode; callers restore its mode when they are done.
 
     Callers that change `model`'s weights between evaluations (grid points, noise draws) take
     each evaluation's forward from `at_current_weights()`, which refolds first:
