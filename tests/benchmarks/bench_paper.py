@@ -361,8 +361,11 @@ class Bench:
                 x, y = self.clips(n)
                 op = hessian_operator(model, x, y, settings["batch_size"])
                 v = torch.randn(op.shape[1], device=self.device)
-                variants.append(("float32 (IEEE)", "float32",
-                                 functools.partial(op.__matmul__, v), True))  # fmt: skip
+                hvp = functools.partial(op.__matmul__, v)
+                # the preset's products, then (CUDA) the other kind: measures.hessian.tf32
+                for tf32 in (settings["tf32"], not settings["tf32"])[: 2 if self.cuda else 1]:
+                    label = "tf32" if tf32 else "float32 (IEEE)"
+                    variants.append((label, label.split()[0], hvp, tf32 == settings["tf32"]))
                 backward, per, what = True, total / n, f"HVP over {total} clips"
                 # forward-over-reverse: about two gradients' FLOPs (an estimate)
                 flops_clip = 2 * model_flops(arch, self.width, self.frames, True)
@@ -394,7 +397,9 @@ class Bench:
                 variants.append(("float32 (IEEE) before", "float32", before, False))
             for label, precision, run, counts in variants:
                 tuned = nullcontext() if label.endswith("before") else autotuned(self.device)
-                with forward_precision(self.device, "float32"), tuned:
+                # as the job: IEEE float32 outside the evaluations, TF32 products if asked
+                products = precision if stage == "hessian" else "float32"
+                with forward_precision(self.device, products), tuned:
                     run()  # kernel choice, compilation
                     sync(self.device)
                     seconds = min(time_call(run, self.device) for _ in range(2)) * per

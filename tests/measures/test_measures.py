@@ -623,7 +623,7 @@ def test_measure_cli_writes_every_measure_on_the_same_clips(tmp_path, feature_st
     outs = tmp_path / "measures" / RUN
     args = {
         "hessian": "--top-k 1 --lanczos-tol 0.1 --trace-samples 2 --trace-estimator hutchinson "
-        "--batch-size 32 --parameters all",
+        "--batch-size 32 --parameters all --no-tf32",
         "adaptive_average": "--samples 3 --rho 0.05 --precision float32 --batch-size 64",
         "adaptive_worst": "--steps 2 --restarts 1 --m all --p inf --rho 0.1 --batch-size 64 "
         "--search reference",
@@ -698,7 +698,7 @@ def test_measure_cli_refuses_options_of_another_measure(
 ):
     hessian = (
         "--measure hessian --clips all --selection landscape --top-k 1 --trace-samples 2 "
-        "--trace-estimator hutchinson --batch-size 32 --parameters all"
+        "--trace-estimator hutchinson --batch-size 32 --parameters all --no-tf32"
     )
     cases = {
         "--lanczos-tol 0.1 --samples 3": "--samples does not apply to --measure hessian",

@@ -1,7 +1,8 @@
 """The measures that only evaluate (adaptive_average, pacbayes) run on the landscape's fast eval
 forward (BatchNorm folded, at their `precision`): each evaluation sees the weights of that
 moment, the values equal a plain eval-mode computation, and the fast precisions stay within the
-tolerance the docs state, on trained CNN10s."""
+tolerance the docs state, on trained CNN10s. The Hessian's TF32 products (measures.hessian.tf32)
+change nothing on a CPU and stay within the same tolerance on CUDA."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from measures.test_measures import set_bn_stats
 from ascsharp.core.seeds import generator
 from ascsharp.measures.adaptive import adaptive_average
 from ascsharp.measures.common import Cost, mean_loss
+from ascsharp.measures.curvature import hessian
 from ascsharp.measures.generalization import accuracy, pacbayes
-from ascsharp.train.evaluate import EvalForward
+from ascsharp.train.evaluate import EvalForward, forward_precision
 from ascsharp.train.models import build_model
 
 LOG = logging.getLogger("test_precision")
@@ -27,6 +29,10 @@ LOG.setLevel(logging.WARNING)
 # evaluated at float16 (CPU autocast here; measured 0.01-0.7 % for adaptive_average, pacbayes
 # unchanged). bfloat16 is not within it (measured up to 3 % for adaptive_average).
 FLOAT16_TOLERANCE = 0.01
+# The same for the Hessian's values with its products in TF32 (measures.hessian.tf32): the
+# tolerance the docs hold it to, tested where TF32 exists (CUDA).
+TF32_TOLERANCE = 0.01
+HESSIAN = {"top_k": 3, "lanczos_tol": 1e-4, "trace_samples": 20, "batch_size": 64}
 
 
 def cnn10(seed: int = 0) -> torch.nn.Module:
@@ -132,3 +138,36 @@ def test_float16_measures_are_within_the_stated_tolerance_of_ieee(trained):
         assert fast["adaptive_average"] != ieee["adaptive_average"], name  # float16 did run
         for key, value in fast.items():
             assert value == pytest.approx(ieee[key], rel=FLOAT16_TOLERANCE), (name, key)
+
+
+def test_tf32_hessian_products_change_nothing_on_a_cpu(trained):
+    """CPUs have no TF32: the option leaves every value bit for bit (as the schema says)."""
+    model, x, y = trained["seed 5, ordinary loss"]
+    ieee, tf32 = (hessian(model, x[:32], y[:32], {**HESSIAN, "tf32": tf32}, seed=0,
+                          log=LOG)["values"] for tf32 in (False, True))  # fmt: skip
+    assert tf32 == ieee
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 exists on CUDA only")
+def test_tf32_hessian_is_within_the_stated_tolerance_of_ieee_on_cuda():
+    """A CNN10 at a quarter of the paper's width trained on learnable clips on the GPU: top
+    eigenvalues and the trace (the same Rademacher vectors) with TF32 products within
+    TF32_TOLERANCE of IEEE float32, as the measure job runs them (IEEE outside the products)."""
+    from benchmarks.bench_refine import learnable_clips, train_epochs
+
+    from ascsharp.train.optim import make_stepper
+
+    device = torch.device("cuda")
+    torch.manual_seed(5)
+    model = build_model("cnn10", width=1 / 4, n_mels=64, n_classes=10).to(device)
+    x, y = learnable_clips(256, 100, device, mels=64, classes=10)
+    train_epochs(make_stepper("adam", model, 1e-3, seed=5), model, x, y, 10)
+    model.eval()
+    with forward_precision(device, "float32"):
+        ieee, tf32 = (hessian(model, x, y, {**HESSIAN, "tf32": tf32}, seed=0,
+                              log=LOG)["values"] for tf32 in (False, True))  # fmt: skip
+    assert tf32["trace"] != ieee["trace"]  # TF32 did run
+    for got, want in zip(tf32["top_eigenvalues"], ieee["top_eigenvalues"], strict=True):
+        assert got == pytest.approx(want, rel=TF32_TOLERANCE)
+    assert tf32["trace"] == pytest.approx(ieee["trace"], rel=TF32_TOLERANCE)

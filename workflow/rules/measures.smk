@@ -33,13 +33,21 @@ MEASURE_NON_OPTIONS = ("enabled", "batch_size")
 
 def measure_options(wildcards):
     """The settings that define the measure's values, as `ascsharp measure` options; sorted, so
-    that the order in which a config file lists them reruns nothing."""
+    that the order in which a config file lists them reruns nothing. A switch is `--key` or
+    `--no-key`."""
     settings = MEASURES[wildcards.measure]
     return " ".join(
-        f"--{key.replace('_', '-')} {value}"
+        measure_option(key, value)
         for key, value in sorted(settings.items())
         if key not in MEASURE_NON_OPTIONS
     )
+
+
+def measure_option(key, value):
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
 
 
 def measure_batch_option(wildcards):

@@ -48,6 +48,7 @@ from ascsharp.measures.common import (
     measure_flops,
     partial_fingerprint,
 )
+from ascsharp.train.evaluate import forward_precision
 
 TRACE_ESTIMATORS = enum("measures.hessian.trace_estimator")
 PARAMETERS = enum("measures.hessian.parameters")
@@ -59,9 +60,9 @@ class HessianOptions:
     maxiter restarts: scipy's defaults when None); `trace_samples` HVPs for the trace, by
     `trace_estimator` ("hutchinson" or "hutch++"); `batch_size` clips per chunk of a
     Hessian-vector product (memory, not results); `parameters` "all" or "weights" (module
-    docstring).
+    docstring); `tf32`: the products on TF32 tensor cores (CUDA only; IEEE float32 otherwise).
 
-    top_k, lanczos_tol, trace_samples, trace_estimator and parameters are the config's
+    top_k, lanczos_tol, trace_samples, trace_estimator, parameters and tf32 are the config's
     `measures.hessian` (defaults in the schema; the dataclass defaults of the last two are the
     schema's, for callers that predate them); the Lanczos knobs are not configurable: scipy's
     choice."""
@@ -72,6 +73,7 @@ class HessianOptions:
     batch_size: int
     trace_estimator: str = "hutchinson"
     parameters: str = "all"
+    tf32: bool = False
     lanczos_ncv: int | None = None
     lanczos_maxiter: int | None = None
 
@@ -244,7 +246,8 @@ def hessian(
         def hvp(v: Tensor) -> Tensor:
             cost.hvps += 1
             cost.hvp_clips += len(x)
-            return op @ v
+            with forward_precision(like.device, "tf32" if opts.tf32 else "float32"):
+                return op @ v
 
         def unit_done() -> None:
             nonlocal units
