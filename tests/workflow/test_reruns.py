@@ -394,7 +394,11 @@ def test_paper_preset_measures_run_with_the_schemas_settings(project):
         assert len(mine) == 46, measure
         for key, value in settings.items():
             if key != "enabled":
-                option = f"--{key.replace('_', '-')} {value} "
+                flag = key.replace("_", "-")
+                if isinstance(value, bool):  # a switch
+                    option = f"--{flag} " if value else f"--no-{flag} "
+                else:
+                    option = f"--{flag} {value} "
                 assert all(option in c for c in mine), (measure, option)
     hessian = next(c for c in commands if "--measure hessian " in c)
     for option in ("--top-k 5 ", "--lanczos-tol 0.001 ", "--trace-samples 100 ", "--clips 2048 "):
