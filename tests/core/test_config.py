@@ -140,3 +140,24 @@ def test_load_config_names_the_file(tmp_path):
 def test_parse_run_id_rejects_malformed():
     with pytest.raises(ValueError, match="expected arch~"):
         parse_run_id("arch~cnn10/seed~1")
+
+
+def test_gpu_fast_overlay_is_valid_over_the_paper_preset():
+    """gpu-fast.yaml layered on paper.yaml (as --configfile merges them, key by key) validates,
+    and sets only speed: the fast precisions whose error is bounded or tested."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    presets = ROOT / "workflow/presets"
+    paper = yaml.safe_load((presets / "paper.yaml").read_text())
+    fast = yaml.safe_load((presets / "gpu-fast.yaml").read_text())
+    config = validate_config(merge(paper, fast))
+    assert config["landscape"]["precision"] == "float16" and config["landscape"]["refine"]
+    for measure in ("adaptive_average", "pacbayes"):
+        assert config["measures"][measure]["precision"] == "float16"
+    assert config["measures"]["hessian"]["tf32"] is False  # its tolerance is not yet tested
+    assert config["grid"] == validate_config(paper)["grid"]
