@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,23 +134,18 @@ def _start(t: Sequence[Tensor], opts: WorstOptions, restart: int, gen: torch.Gen
     return u
 
 
+# The batch loss and its gradient in w at the perturbation u (weights w0 + T u): what both
+# searches evaluate, built once per batch by adaptive_worst.
+LossGrad = Callable[[Sequence[Tensor]], tuple[float, list[Tensor]]]
+
+
 def _ascent(
-    model: nn.Module,
-    params: Sequence[Tensor],
-    w0: Sequence[Tensor],
-    t: Sequence[Tensor],
-    x: Tensor,
-    y: Tensor,
-    opts: WorstOptions,
-    u: list[Tensor],
-    cost: Cost,
-    loss_fn: LossFn,
+    batch_loss_grad: LossGrad, t: Sequence[Tensor], opts: WorstOptions, u: list[Tensor]
 ) -> dict[str, Any]:
     """Projected gradient ascent from u; the best loss found and how the search went."""
 
     def loss_grad(u: Sequence[Tensor]) -> tuple[float, list[Tensor]]:
-        set_perturbed(params, w0, t, u)
-        loss, g = loss_and_gradient(model, params, x, y, opts.batch_size, cost, loss_fn)
+        loss, g = batch_loss_grad(u)
         return loss, [gi.mul_(s) for gi, s in zip(g, t, strict=True)]  # gradient in u: T grad
 
     best_loss, best_g = loss_grad(u)
@@ -221,16 +216,7 @@ def _project_ellipsoid(u: list[Tensor], t: Sequence[Tensor], rho: float) -> list
 
 
 def _reference_ascent(
-    model: nn.Module,
-    params: Sequence[Tensor],
-    w0: Sequence[Tensor],
-    t: Sequence[Tensor],
-    x: Tensor,
-    y: Tensor,
-    opts: WorstOptions,
-    u: list[Tensor],
-    cost: Cost,
-    loss_fn: LossFn,
+    loss_grad: LossGrad, t: Sequence[Tensor], opts: WorstOptions, u: list[Tensor]
 ) -> dict[str, Any]:
     """The search of Andriushchenko et al.'s `eval_APGD_sharpness` (module docstring), in u.
 
@@ -240,11 +226,6 @@ def _reference_ascent(
     their code (it reloads the best weights into the model but not into its perturbation).
     """
     mask = [s != 0 for s in t]
-
-    def loss_grad(u: Sequence[Tensor]) -> tuple[float, list[Tensor]]:
-        set_perturbed(params, w0, t, u)
-        return loss_and_gradient(model, params, x, y, opts.batch_size, cost, loss_fn)
-
     best_loss, g = loss_grad(u)
     best_u, best_g = u, g
     prev = [d.clone() for d in u]
@@ -333,6 +314,11 @@ def adaptive_worst(
             xb, yb = x[sel], y[sel]
             set_perturbed(params, w0, t, [torch.zeros_like(s) for s in t])
             loss0 = mean_loss(model, xb, yb, opts.batch_size, cost, loss_fn)
+
+            def loss_grad(u: Sequence[Tensor], xb=xb, yb=yb) -> tuple[float, list[Tensor]]:
+                set_perturbed(params, w0, t, u)
+                return loss_and_gradient(model, params, xb, yb, opts.batch_size, cost, loss_fn)
+
             restarts = []
             for r in range(opts.restarts):
                 name = f"batch/{b}/restart/{r}"
@@ -344,7 +330,7 @@ def adaptive_worst(
                     continue
                 u = _start(t, opts, r, generator(seed, "adaptive-worst", b, r))
                 ascent = _reference_ascent if opts.search == "reference" else _ascent
-                res = ascent(model, params, w0, t, xb, yb, opts, u, cost, loss_fn)
+                res = ascent(loss_grad, t, opts, u)
                 restarts.append(res)
                 part.put(name, res)
                 rise = res["worst_loss"] - loss0
