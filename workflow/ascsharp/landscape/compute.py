@@ -32,9 +32,9 @@ from ascsharp.core.tensors import tensor_digest
 from ascsharp.features.clips import surface_clips
 from ascsharp.landscape.directions import directions_fingerprint, load_directions
 from ascsharp.train.evaluate import (
-    PRECISIONS,
     EvalForward,
     autotuned,
+    check_precision,
     loss_and_accuracy,
     pick_device,
     predict,
@@ -186,8 +186,7 @@ def evaluate_points(
         raise ValueError("grid indices contain duplicates")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
+    check_precision(precision)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x has {len(x)} clips, y has {len(y)}; need equal and > 0")
 

@@ -61,7 +61,7 @@ from ascsharp.measures.common import (
     measure_flops,
     partial_fingerprint,
 )
-from ascsharp.train.evaluate import PRECISIONS, EvalForward
+from ascsharp.train.evaluate import EvalForward, check_precision
 
 PARAMETERS = ("all", "weights")
 
@@ -89,8 +89,7 @@ class AverageOptions:
         check_options(self.rho, self.parameters, self.batch_size)
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: expected one of {sorted(PRECISIONS)}")
+        check_precision(self.precision)
 
 
 def check_options(rho: float, parameters: str, batch_size: int) -> None:

@@ -60,7 +60,7 @@ from ascsharp.measures.common import (
     measure_flops,
     partial_fingerprint,
 )
-from ascsharp.train.evaluate import PRECISIONS, EvalForward
+from ascsharp.train.evaluate import EvalForward, check_precision
 
 PACBAYES_VARIANTS = ("isotropic", "magnitude")
 
@@ -84,8 +84,7 @@ class PacBayesOptions:
     def __post_init__(self) -> None:
         if self.samples < 1 or self.depth < 1 or self.batch_size < 1:
             raise ValueError(f"samples, depth and batch_size must be >= 1: {self}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: expected one of {sorted(PRECISIONS)}")
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)

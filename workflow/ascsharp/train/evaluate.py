@@ -106,6 +106,12 @@ def breakdown(table: pd.DataFrame, logits: torch.Tensor, y: torch.Tensor) -> dic
 PRECISIONS = {"float32": None, "tf32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_precision(precision: str) -> None:
+    """Refuse a forward precision that is not a key of PRECISIONS, naming it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
+
+
 @contextlib.contextmanager
 def forward_precision(device: torch.device, precision: str):
     """Run the enclosed forward passes at `precision` (a key of PRECISIONS), then restore."""
@@ -158,8 +164,7 @@ class EvalForward:
         compile: bool = False,
         fold_bn: bool = True,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
+        check_precision(precision)
         self.model = model.eval()
         self.precision = precision
         self.device = next(model.parameters()).device
